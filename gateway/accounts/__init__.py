@@ -1,0 +1,1 @@
+"""Google accounts: persistent records, the atomic store, the pool, OAuth and the supervisor."""

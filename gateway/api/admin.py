@@ -1,0 +1,176 @@
+"""Operational routes: models, health, account limits, token refresh, metrics.
+
+They read the supervisor's published snapshot and never call the upstream themselves
+(POST /refresh-token asks the supervisor to do it), so they stay fast under any load.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response, current_app, request
+
+from gateway import errors
+from gateway.metrics import CONTENT_TYPE
+from gateway.translate.models import catalogue, resolve_model
+
+if TYPE_CHECKING:
+    from gateway.accounts.pool import PoolSnapshot
+    from gateway.app import Services
+
+blueprint = Blueprint("admin", __name__)
+
+_STARTED = time.time()
+
+
+def _services() -> Services:
+    services: Services = current_app.extensions["gateway"]
+    return services
+
+
+@blueprint.get("/v1/models")
+async def list_models() -> dict[str, Any]:
+    """Models the upstream offers, in a shape both SDKs accept.
+
+    OpenAI's list (`object`, `owned_by`, `created`) and Anthropic's (`type`, `display_name`,
+    `created_at`, `has_more`, `first_id`, `last_id`) share `data[].id`; one body carries both.
+    """
+    services = _services()
+    available = services.available_models()
+    known = {m.id: m for m in catalogue()}
+    ids = sorted(available) if available else sorted(known)
+    data = []
+    for model_id in ids:
+        try:
+            info = known.get(model_id) or resolve_model(model_id, available)
+        except errors.GatewayError:
+            continue
+        data.append(
+            {
+                "id": info.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": info.owned_by,
+                "type": "model",
+                "display_name": info.display_name,
+                "created_at": "1970-01-01T00:00:00Z",
+                "context_window": info.context_window,
+                "max_output_tokens": info.max_output_tokens,
+                "thinking": info.thinking,
+            }
+        )
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
+
+
+@blueprint.get("/health")
+async def health() -> tuple[dict[str, Any], int]:
+    services = _services()
+    snap = services.pool.snapshot()
+    status = "ok" if snap.active_accounts > 0 else "degraded"
+    return (
+        {
+            "status": status,
+            "accounts": snap.accounts,
+            "activeAccounts": snap.active_accounts,
+            "rateLimitedAccounts": sum(1 for a in snap.entries if a.cooldowns),
+            "invalidAccounts": sum(1 for a in snap.entries if a.status == "invalid"),
+            "models": len(services.available_models()),
+            "uptimeSeconds": round(time.time() - _STARTED, 1),
+            "demo": services.demo,
+        },
+        200,
+    )
+
+
+def _limits_json(snap: PoolSnapshot, now: float) -> dict[str, Any]:
+    accounts = []
+    for entry in snap.entries:
+        models: dict[str, Any] = {}
+        for model, (fraction, reset_time) in sorted(entry.quotas.items()):
+            models[model] = {"remainingFraction": fraction, "resetTime": reset_time}
+        for model, seconds in sorted(entry.cooldowns.items()):
+            models.setdefault(model, {"remainingFraction": None, "resetTime": None})
+            models[model]["cooldownSeconds"] = round(seconds, 1)
+        accounts.append(
+            {
+                "email": entry.email,
+                "account": entry.handle,
+                "status": entry.status,
+                "tier": entry.tier,
+                "project": entry.project,
+                "tokenExpiresIn": entry.token_expires_in,
+                "models": models,
+            }
+        )
+    return {"timestamp": now, "accounts": accounts}
+
+
+def _limits_table(snap: PoolSnapshot) -> str:
+    rows = [("ACCOUNT", "STATUS", "MODEL", "REMAINING", "RESETS", "COOLDOWN")]
+    for entry in snap.entries:
+        models = sorted(set(entry.quotas) | set(entry.cooldowns)) or ["-"]
+        for i, model in enumerate(models):
+            fraction, reset_time = entry.quotas.get(model, (None, None))
+            cooldown = entry.cooldowns.get(model)
+            rows.append(
+                (
+                    entry.email if i == 0 else "",
+                    entry.status if i == 0 else "",
+                    model,
+                    "-" if fraction is None else f"{fraction * 100:.0f}%",
+                    reset_time or "-",
+                    "-" if cooldown is None else f"{cooldown:.0f}s",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    summary = f"{snap.active_accounts}/{snap.accounts} accounts active"
+    return "\n".join([*lines, "", summary]) + "\n"
+
+
+@blueprint.get("/account-limits")
+async def account_limits() -> Any:
+    services = _services()
+    snap = services.pool.snapshot()
+    fmt = request.args.get("format", "json")
+    if fmt == "table":
+        return Response(_limits_table(snap), content_type="text/plain; charset=utf-8")
+    if fmt != "json":
+        raise errors.InvalidRequest("format must be 'json' or 'table'", param="format")
+    return _limits_json(snap, time.time())
+
+
+@blueprint.post("/refresh-token")
+async def refresh_token() -> dict[str, Any]:
+    services = _services()
+    email = request.args.get("email")
+    if email is None:
+        raw = await request.get_data(cache=False)
+        if raw and raw.strip():
+            from gateway.api.chat import parse_json
+
+            body = parse_json(raw if isinstance(raw, bytes) else raw.encode())
+            if not isinstance(body, dict):
+                raise errors.InvalidRequest("body must be a JSON object")
+            given = body.get("email")
+            if given is not None and not isinstance(given, str):
+                raise errors.InvalidRequest("email must be a string", param="email")
+            email = given
+    if email is not None and email not in {e.email for e in services.pool.snapshot().entries}:
+        raise errors.NotFound(f"no account {email!r}", param="email")
+    results = await services.supervisor.refresh_now(email)
+    return {"results": results}
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    return Response(_services().metrics.render(), content_type=CONTENT_TYPE)

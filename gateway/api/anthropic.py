@@ -1,0 +1,90 @@
+"""Anthropic Messages routes: POST /v1/messages (via the chat lifecycle) and count_tokens."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, current_app, request
+
+from gateway import errors
+from gateway.api.chat import PreparedChat, Scope, parse_json
+from gateway.translate import anthropic as wire
+from gateway.translate import canonical as c
+from gateway.translate.models import resolve_model
+from gateway.translate.session import conversation_session_id
+from gateway.translate.tokens import estimate_tokens
+
+if TYPE_CHECKING:
+    from gateway.app import Services
+
+
+def error_body(err: errors.GatewayError) -> tuple[int, dict[str, Any]]:
+    return errors.anthropic_status(err), errors.render_anthropic(err)
+
+
+def _user_id(body: Any) -> str | None:
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return user if isinstance(user, str) else None
+
+
+class AnthropicDialect:
+    name = "anthropic"
+    tool_id_prefix = "toolu_"
+
+    async def prepare(self, body: Any, services: Services, scope: Scope) -> PreparedChat:
+        chat = wire.parse_messages_request(body)
+        model = resolve_model(chat.model, services.available_models())
+        session = conversation_session_id(chat, user=_user_id(body))
+        return PreparedChat(chat, model, session)
+
+    def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]:
+        return error_body(err)
+
+    def new_response_id(self) -> str:
+        return f"msg_{secrets.token_hex(12)}"
+
+    def stream_renderer(self, prepared: PreparedChat, response_id: str) -> _Renderer:
+        encoder = wire.AnthropicStreamEncoder(message_id=response_id, model=prepared.request.model)
+        return _Renderer(encoder)
+
+    def render(
+        self, prepared: PreparedChat, response: c.ChatResponse, response_id: str
+    ) -> dict[str, Any]:
+        return wire.render_message(response)
+
+
+class _Renderer:
+    def __init__(self, encoder: wire.AnthropicStreamEncoder) -> None:
+        self.encoder = encoder
+
+    def open(self) -> bytes:
+        return b""  # message_start goes out with the first event, carrying input usage
+
+    def events(self, events: Sequence[c.StreamEvent]) -> bytes:
+        return b"".join(wire.sse_bytes(self.encoder.encode(e)) for e in events)
+
+    def keepalive(self) -> bytes:
+        return wire.sse_bytes(self.encoder.start() + self.encoder.ping())
+
+    def error(self, err: errors.GatewayError) -> bytes:
+        return wire.sse_bytes(self.encoder.error(err))
+
+    def close(self) -> bytes:
+        return b""
+
+
+blueprint = Blueprint("anthropic", __name__)
+
+
+@blueprint.post("/v1/messages/count_tokens")
+async def count_tokens() -> tuple[dict[str, Any], int]:
+    """A local estimate: never touches an account or the upstream."""
+    services: Services = current_app.extensions["gateway"]
+    raw = await request.get_data(cache=False)
+    assert isinstance(raw, bytes)
+    chat = wire.parse_count_tokens_request(parse_json(raw))
+    resolve_model(chat.model, services.available_models())
+    return {"input_tokens": estimate_tokens(chat)}, 200

@@ -1,0 +1,395 @@
+"""The chat request lifecycle, shared by the OpenAI and Anthropic routes (raw ASGI).
+
+Each chat request runs in its own nursery with three parts: a disconnect watcher (the client
+going away cancels everything at once, which closes the upstream stream: quota is money), a
+pump that opens the upstream through the dispatcher and decodes its payloads into canonical
+events, and the writer below that renders them in the caller's dialect.
+
+Chat routes are plain ASGI rather than Quart views on purpose: a Quart view commits its
+status line before its body generator runs, and a trio nursery cannot stay open across a
+generator's `yield`. Here the status is chosen after the upstream has answered (so a 429 on
+every account is a real 429 with retry-after, not an error inside a 200 stream), and every
+task has an owner. The dialect-specific parts (parsing, rendering) sit behind `Dialect`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from gateway import errors
+from gateway.translate import canonical as c
+from gateway.translate.cloudcode import CloudCodeDecoder, to_cloudcode
+from gateway.translate.models import ModelInfo
+from gateway.upstream.client import UpstreamHTTPError
+
+if TYPE_CHECKING:
+    from gateway.app import Services
+
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+access_log = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway")
+
+
+@attrs.frozen(slots=True)
+class PreparedChat:
+    """A validated request, ready to send: the dialect's parse result plus routing facts."""
+
+    request: c.ChatRequest
+    model: ModelInfo
+    session_id: str
+    include_usage: bool = False  # OpenAI stream_options.include_usage
+
+
+class StreamRenderer(Protocol):
+    def open(self) -> bytes: ...
+    def events(self, events: Sequence[c.StreamEvent]) -> bytes: ...
+    def keepalive(self) -> bytes: ...
+    def error(self, err: errors.GatewayError) -> bytes: ...
+    def close(self) -> bytes: ...
+
+
+class Dialect(Protocol):
+    name: str
+    tool_id_prefix: str
+
+    async def prepare(self, body: Any, services: Services, scope: Scope) -> PreparedChat: ...
+    def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]: ...
+    def stream_renderer(self, prepared: PreparedChat, response_id: str) -> StreamRenderer: ...
+    def render(
+        self, prepared: PreparedChat, response: c.ChatResponse, response_id: str
+    ) -> dict[str, Any]: ...
+    def new_response_id(self) -> str: ...
+
+
+@attrs.frozen(slots=True)
+class _Opened:
+    account_handle: str
+    model_id: str
+
+
+@attrs.frozen(slots=True)
+class _Failed:
+    error: errors.GatewayError
+
+
+_Item = _Opened | _Failed | list[c.StreamEvent]
+
+
+@attrs.define(slots=True)
+class _Outcome:
+    """What the access log line reports about one request."""
+
+    status: int = 200
+    account: str = "-"
+    model: str = "-"
+    usage: c.Usage | None = None
+    first_byte: float | None = None
+    error_type: str | None = None
+    disconnected: bool = False
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.PayloadTooLarge(f"request body exceeds the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise errors.PayloadTooLarge(f"request body exceeds the {limit} byte limit")
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise errors.InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.InvalidRequest(f"request body is not valid JSON: {_short(exc)}") from None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def send_json(
+    send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+async def send_error(send: Send, dialect: Dialect, err: errors.GatewayError) -> None:
+    status, body = dialect.error_body(err)
+    await send_json(send, status, body, err.headers())
+
+
+async def handle_chat(
+    scope: Scope, receive: Receive, send: Send, dialect: Dialect, services: Services
+) -> None:
+    started = time.monotonic()
+    request_id = scope.get("state", {}).get("request_id") or secrets.token_hex(8)
+    outcome = _Outcome()
+    stream = False
+    try:
+        try:
+            raw = await read_body(receive, scope, services.config.server.max_body_bytes)
+            prepared = await dialect.prepare(parse_json(raw), services, scope)
+        except errors.GatewayError as err:
+            outcome.status, outcome.error_type = err.status, err.anthropic_type
+            await send_error(send, dialect, err)
+            return
+        except ClientDisconnected:
+            outcome.disconnected = True
+            return
+        except Exception:
+            log.exception("unexpected error preparing a %s request", dialect.name)
+            outcome.status, outcome.error_type = 500, "api_error"
+            await send_error(send, dialect, errors.GatewayError("internal error; see the log"))
+            return
+        stream = prepared.request.stream
+        outcome.model = prepared.model.id
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, outcome)
+            sender, items = trio.open_memory_channel[_Item](8)
+            nursery.start_soon(_pump, sender, prepared, dialect, services)
+            if stream:
+                await _write_stream(send, items, prepared, dialect, services, outcome, started)
+            else:
+                await _write_unary(send, items, prepared, dialect, outcome)
+            nursery.cancel_scope.cancel()
+    finally:
+        if outcome.disconnected:
+            outcome.status = 499  # nginx's "client closed request"
+        services.metrics.observe_request(
+            route=dialect.name,
+            model=outcome.model,
+            status=outcome.status,
+            seconds=time.monotonic() - started,
+            first_byte=outcome.first_byte,
+        )
+        usage = outcome.usage or c.Usage()
+        access_log.info(
+            "request id=%s route=%s model=%s account=%s stream=%s status=%s "
+            "latency_ms=%d ttfb_ms=%s input_tokens=%d output_tokens=%d cached_tokens=%d%s",
+            request_id,
+            dialect.name,
+            outcome.model,
+            outcome.account,
+            stream,
+            outcome.status,
+            (time.monotonic() - started) * 1000,
+            "-" if outcome.first_byte is None else int(outcome.first_byte * 1000),
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens,
+            f" error={outcome.error_type}" if outcome.error_type else "",
+        )
+
+
+async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, outcome: _Outcome) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            outcome.disconnected = True
+            scope.cancel()
+            return
+
+
+async def _pump(
+    sender: trio.MemorySendChannel[_Item],
+    prepared: PreparedChat,
+    dialect: Dialect,
+    services: Services,
+) -> None:
+    """Open the upstream, decode it, and hand canonical events to the writer."""
+    request = prepared.request
+    signatures = services.signatures.lookup(prepared.session_id)
+    request_id = f"agent-{secrets.token_hex(16)}"
+
+    def build_body(project: str, model: ModelInfo) -> dict[str, Any]:
+        return to_cloudcode(
+            request,
+            model=model,
+            project=project,
+            session_id=prepared.session_id,
+            request_id=request_id,
+            tool_signatures=signatures,
+        )
+
+    async with sender:
+        try:
+            async with services.dispatcher.open_stream(
+                model=prepared.model, session_id=prepared.session_id, build_body=build_body
+            ) as upstream:
+                await sender.send(_Opened(upstream.account_handle, upstream.model.id))
+                decoder = CloudCodeDecoder(
+                    model=upstream.model,
+                    tool_id_prefix=f"{dialect.tool_id_prefix}{secrets.token_hex(8)}_",
+                )
+                async for payload in upstream.payloads:
+                    events = decoder.feed(payload)
+                    if events:
+                        _remember_signatures(services, prepared.session_id, events)
+                        await sender.send(events)
+                events = decoder.finish()
+                _remember_signatures(services, prepared.session_id, events)
+                await sender.send(events)
+        except errors.GatewayError as err:
+            await sender.send(_Failed(err))
+        except UpstreamHTTPError as exc:
+            # Broken after the first payload: too late to fail over.
+            await sender.send(_Failed(errors.UpstreamError(f"upstream stream failed: {exc}")))
+        except Exception:
+            log.exception("unexpected error relaying a %s stream", dialect.name)
+            await sender.send(_Failed(errors.GatewayError("internal error; see the log")))
+
+
+def _remember_signatures(
+    services: Services, session_id: str, events: Sequence[c.StreamEvent]
+) -> None:
+    for event in events:
+        if isinstance(event, c.ToolSignature):
+            services.signatures.remember(session_id, event.tool_id, event.signature)
+
+
+def _track(outcome: _Outcome, events: Sequence[c.StreamEvent]) -> None:
+    for event in events:
+        if isinstance(event, c.UsageUpdate | c.MessageEnd):
+            outcome.usage = event.usage
+
+
+async def _write_unary(
+    send: Send,
+    items: trio.MemoryReceiveChannel[_Item],
+    prepared: PreparedChat,
+    dialect: Dialect,
+    outcome: _Outcome,
+) -> None:
+    collected: list[c.StreamEvent] = []
+    async with items:
+        async for item in items:
+            if isinstance(item, _Opened):
+                outcome.account, outcome.model = item.account_handle, item.model_id
+            elif isinstance(item, _Failed):
+                outcome.status, outcome.error_type = item.error.status, item.error.anthropic_type
+                await send_error(send, dialect, item.error)
+                return
+            else:
+                collected.extend(item)
+    _track(outcome, collected)
+    response_id = dialect.new_response_id()
+    response = c.collect(collected, response_id=response_id, model=prepared.request.model)
+    await send_json(send, 200, dialect.render(prepared, response, response_id))
+
+
+async def _write_stream(
+    send: Send,
+    items: trio.MemoryReceiveChannel[_Item],
+    prepared: PreparedChat,
+    dialect: Dialect,
+    services: Services,
+    outcome: _Outcome,
+    started: float,
+) -> None:
+    renderer = dialect.stream_renderer(prepared, dialect.new_response_id())
+    committed = False
+    keepalive = services.config.server.keepalive_seconds
+
+    async def commit() -> None:
+        nonlocal committed
+        committed = True
+        outcome.first_byte = time.monotonic() - started
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        opening = renderer.open()
+        if opening:
+            await _body(send, opening)
+
+    async with items:
+        while True:
+            with trio.move_on_after(keepalive) as waited:
+                try:
+                    item = await items.receive()
+                except trio.EndOfChannel:
+                    break
+            if waited.cancelled_caught:
+                # Nothing from upstream for a while (long thinking, a cooldown wait):
+                # commit and keep idle proxies from cutting the connection.
+                if not committed:
+                    await commit()
+                await _body(send, renderer.keepalive())
+                continue
+            if isinstance(item, _Opened):
+                outcome.account, outcome.model = item.account_handle, item.model_id
+                continue
+            if isinstance(item, _Failed):
+                outcome.error_type = item.error.anthropic_type
+                if not committed:
+                    outcome.status = item.error.status
+                    await send_error(send, dialect, item.error)
+                    return
+                await _body(send, renderer.error(item.error))
+                break
+            if not committed:
+                await commit()
+            _track(outcome, item)
+            chunk = renderer.events(item)
+            if any(isinstance(e, c.MessageEnd) for e in item):
+                chunk += renderer.close()
+            if chunk:
+                await _body(send, chunk)
+    if not committed:  # pump ended without a word: cannot happen, but never hang the client
+        await send_error(send, dialect, errors.UpstreamError("upstream ended without answer"))
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _body(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})

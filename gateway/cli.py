@@ -1,0 +1,260 @@
+"""Command line: `gateway serve | demo | emulator | accounts ... | limits`.
+
+Every command loads the same validated config (`--config PATH` or `$GATEWAY_CONFIG`, then
+environment overrides); a bad value stops the command with a message naming the key and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import webbrowser
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from gateway.config import Config, ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="OpenAI- and Anthropic-compatible gateway to Claude and Gemini on Cloud Code.",
+    )
+    parser.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the gateway with your Google accounts")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback bind without API keys (anyone can use your quota)",
+    )
+
+    demo = sub.add_parser("demo", help="serve the gateway on the built-in emulator (no account)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--insecure-no-auth", action="store_true")
+
+    emu = sub.add_parser("emulator", help="run the Cloud Code + OAuth emulator alone")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=8090)
+
+    accounts = sub.add_parser("accounts", help="manage Google accounts")
+    acc = accounts.add_subparsers(dest="action", required=True)
+    add = acc.add_parser("add", help="add an account with Google OAuth")
+    add.add_argument(
+        "--no-browser", action="store_true", help="print the URL and paste the redirect back"
+    )
+    acc.add_parser("list", help="list stored accounts")
+    remove = acc.add_parser("remove", help="remove an account")
+    remove.add_argument("email")
+    acc.add_parser("verify", help="refresh every account's token and report")
+
+    limits = sub.add_parser("limits", help="show quotas and cooldowns of a running gateway")
+    limits.add_argument("--url", default=None, help="gateway base URL (default from config)")
+    limits.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if getattr(args, "host", None):
+            config = attrs.evolve(config, server=attrs.evolve(config.server, host=args.host))
+        if getattr(args, "port", None):
+            config = attrs.evolve(config, server=attrs.evolve(config.server, port=args.port))
+        code = _run(args, config)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    from gateway.server import check_exposure, configure_logging
+
+    command = args.command
+    if command in ("serve", "demo"):
+        check_exposure(config, insecure_no_auth=args.insecure_no_auth)
+        configure_logging(config.server.log_level)
+        if command == "serve":
+            trio.run(_serve, config)
+        else:
+            trio.run(_demo, config)
+        return 0
+    if command == "emulator":
+        from gateway.emulator import main_emulator
+
+        main_emulator(args.host, args.port)
+        return 0
+    if command == "accounts":
+        return _accounts(args, config)
+    if command == "limits":
+        return _limits(args, config)
+    raise AssertionError(command)
+
+
+async def _serve(config: Config) -> None:
+    from gateway.app import create_app
+    from gateway.server import serve_gateway, wait_for_signal
+
+    app = create_app(config)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            partial(serve_gateway, app, config, shutdown_trigger=wait_for_signal)
+        )
+        print(f"gateway listening on {url}", flush=True)
+
+
+def demo_config(base: Config, emulator_url: str, accounts_file: str) -> Config:
+    """The user's config, pointed at a local emulator and a throw-away accounts file."""
+    from gateway.emulator import EMULATOR_CLIENT_ID, EMULATOR_CLIENT_SECRET
+
+    return attrs.evolve(
+        base,
+        upstream=attrs.evolve(base.upstream, base_urls=(emulator_url,)),
+        oauth=attrs.evolve(
+            base.oauth,
+            client_id=EMULATOR_CLIENT_ID,
+            client_secret=EMULATOR_CLIENT_SECRET,
+            token_url=f"{emulator_url}/token",
+            auth_url=f"{emulator_url}/o/oauth2/v2/auth",
+            userinfo_url=f"{emulator_url}/oauth2/v1/userinfo",
+        ),
+        accounts=attrs.evolve(base.accounts, file=accounts_file),
+    )
+
+
+async def write_demo_accounts(path: str) -> None:
+    from gateway.accounts.model import Account
+    from gateway.accounts.store import AccountStore
+    from gateway.emulator import DEMO_ACCOUNTS
+
+    accounts = [
+        Account(email=d.email, refresh_token=d.refresh_token, project_id=d.project, tier="demo")
+        for d in DEMO_ACCOUNTS
+    ]
+    await AccountStore(path).asave(accounts)
+
+
+async def _demo(base: Config) -> None:
+    from gateway.app import create_app
+    from gateway.emulator import EmulatorState, serve_emulator
+    from gateway.server import serve_gateway, wait_for_signal
+
+    state = EmulatorState.with_demo_accounts()
+    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
+        async with trio.open_nursery() as nursery:
+            emulator_url = await nursery.start(partial(serve_emulator, state, host="127.0.0.1"))
+            accounts_file = str(Path(tmp) / "accounts.json")
+            await write_demo_accounts(accounts_file)
+            config = demo_config(base, emulator_url, accounts_file)
+            app = create_app(config, demo=True)
+            async with trio.open_nursery() as gateway_nursery:
+                url = await gateway_nursery.start(
+                    partial(serve_gateway, app, config, shutdown_trigger=wait_for_signal)
+                )
+                print(_demo_banner(url, emulator_url), flush=True)
+            # the gateway has drained and stopped; the emulator goes with it
+            nursery.cancel_scope.cancel()
+
+
+def _demo_banner(url: str, emulator_url: str) -> str:
+    return f"""
+gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo accounts)
+
+  base URL (OpenAI):     {url}/v1
+  base URL (Anthropic):  {url}
+  health:                {url}/health
+  limits:                {url}/account-limits?format=table
+
+  curl {url}/v1/messages -H 'content-type: application/json' -H 'x-api-key: demo' \\
+    -d '{{"model": "claude-sonnet-4-5", "max_tokens": 256,
+         "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  curl {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "gemini-2.5-flash", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+Press Ctrl+C to stop.
+"""
+
+
+def _accounts(args: argparse.Namespace, config: Config) -> int:
+    from gateway.accounts import commands
+
+    action = args.action
+    if action == "add":
+
+        def read_line(prompt: str) -> str:
+            return input(prompt)
+
+        def write(text: str) -> None:
+            print(text, flush=True)
+
+        account = trio.run(
+            partial(
+                commands.add_account,
+                config,
+                no_browser=args.no_browser,
+                open_browser=webbrowser.open,
+                read_line=read_line,
+                write=write,
+            )
+        )
+        print(f"added {account.email} (project {account.project_id or '-'})")
+        return 0
+    if action == "list":
+        print(commands.list_accounts(config))
+        return 0
+    if action == "remove":
+        if commands.remove_account(config, args.email):
+            print(f"removed {args.email}")
+            return 0
+        print(f"gateway: no account {args.email}", file=sys.stderr)
+        return 1
+    if action == "verify":
+        print(trio.run(commands.verify_accounts, config))
+        return 0
+    raise AssertionError(action)
+
+
+def _limits(args: argparse.Namespace, config: Config) -> int:
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = (args.url or f"http://{host}:{config.server.port}").rstrip("/")
+    headers: dict[str, Any] = {}
+    keys = config.server.api_keys
+    key = os.environ.get("GATEWAY_API_KEY") or (keys[0] if keys else None)
+    if key:
+        headers["x-api-key"] = key
+    try:
+        response = httpx.get(
+            f"{url}/account-limits",
+            params={"format": "json" if args.json else "table"},
+            headers=headers,
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        print(f"gateway: cannot reach {url}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(
+            f"gateway: {url} answered {response.status_code}: {response.text[:300]}",
+            file=sys.stderr,
+        )
+        return 1
+    print(response.text.rstrip("\n"))
+    return 0

@@ -1,0 +1,245 @@
+"""Configuration: attrs classes loaded from a TOML file, then overridden by the environment.
+
+The file is `--config PATH` or `$GATEWAY_CONFIG`; every key can be overridden by an
+environment variable `GATEWAY_<SECTION>_<KEY>` (upper case), and the most common ones have
+short forms (`GATEWAY_HOST`, `GATEWAY_PORT`, `GATEWAY_API_KEYS`). Values are validated once,
+at start; a bad value raises `ConfigError` naming the key, so the server never starts half
+configured. The project ships no third-party OAuth client: `oauth.client_id` and
+`oauth.client_secret` must be supplied to add real Google accounts (see README).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, malformed or out of range. The message names the key."""
+
+
+def default_config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "gateway"
+
+
+@attrs.frozen(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Gateway API keys accepted as `Authorization: Bearer` or `x-api-key`; empty = no auth.
+    api_keys: tuple[str, ...] = ()
+    # Binding to a non-loopback address without api_keys is refused unless this is set.
+    insecure_no_auth: bool = False
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 20 * 1024 * 1024
+    # In-flight streams get this long to finish on SIGTERM before they are cancelled.
+    shutdown_grace_seconds: float = 10.0
+    # Idle SSE streams get a keep-alive (Anthropic `ping`, OpenAI SSE comment) this often.
+    keepalive_seconds: float = 15.0
+    log_level: str = "info"
+
+
+@attrs.frozen(slots=True)
+class UpstreamConfig:
+    # Tried in order: the daily (sandbox) endpoint first, then prod, as the Cloud Code IDE does.
+    base_urls: tuple[str, ...] = (
+        "https://daily-cloudcode-pa.sandbox.googleapis.com",
+        "https://cloudcode-pa.googleapis.com",
+    )
+    user_agent: str = "antigravity/1.11.5 linux/amd64"
+    connect_timeout_seconds: float = 10.0
+    # Longest silence tolerated between two bytes of an upstream response.
+    read_timeout_seconds: float = 120.0
+    # Retries on 5xx / network errors for one account before failing over.
+    max_retries: int = 2
+    retry_backoff_seconds: float = 0.5
+    # Opt-in: when a model is exhausted on every account, try this one instead.
+    model_fallbacks: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(slots=True)
+class OAuthConfig:
+    client_id: str = ""
+    client_secret: str = ""
+    token_url: str = "https://oauth2.googleapis.com/token"
+    auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    userinfo_url: str = "https://www.googleapis.com/oauth2/v1/userinfo"
+    scopes: tuple[str, ...] = (
+        "https://www.googleapis.com/auth/cloud-platform",
+        "https://www.googleapis.com/auth/userinfo.email",
+        "https://www.googleapis.com/auth/userinfo.profile",
+    )
+
+
+@attrs.frozen(slots=True)
+class AccountsConfig:
+    file: str = str(default_config_dir() / "accounts.json")
+    # "sticky": keep a conversation on one account (upstream prompt cache), "round-robin".
+    selection: str = "sticky"
+    # Wait for a cooldown shorter than this rather than switch accounts.
+    max_cooldown_wait_seconds: float = 10.0
+    # Refresh an access token this long before it expires.
+    refresh_margin_seconds: float = 300.0
+    quota_probe_interval_seconds: float = 300.0
+
+
+@attrs.frozen(slots=True)
+class ImagesConfig:
+    # Fetching http(s) image URLs named by clients is off unless enabled here.
+    allow_remote_fetch: bool = False
+    max_bytes: int = 10 * 1024 * 1024
+    timeout_seconds: float = 10.0
+
+
+@attrs.frozen(slots=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    oauth: OAuthConfig = OAuthConfig()
+    accounts: AccountsConfig = AccountsConfig()
+    images: ImagesConfig = ImagesConfig()
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "upstream": UpstreamConfig,
+    "oauth": OAuthConfig,
+    "accounts": AccountsConfig,
+    "images": ImagesConfig,
+}
+
+_SHORT_ENV = {
+    "GATEWAY_HOST": ("server", "host"),
+    "GATEWAY_PORT": ("server", "port"),
+    "GATEWAY_API_KEYS": ("server", "api_keys"),
+    "GATEWAY_ACCOUNTS_FILE": ("accounts", "file"),
+}
+
+_POSITIVE = {
+    "server.port",
+    "server.max_body_bytes",
+    "server.keepalive_seconds",
+    "upstream.connect_timeout_seconds",
+    "upstream.read_timeout_seconds",
+    "accounts.quota_probe_interval_seconds",
+    "images.max_bytes",
+    "images.timeout_seconds",
+}
+
+
+def _coerce(key: str, annotation: str, value: Any) -> Any:
+    """Convert a TOML or environment value to the field's type, or raise naming the key."""
+    from_env = isinstance(value, str)
+    try:
+        if annotation == "bool":
+            if isinstance(value, bool):
+                return value
+            if from_env and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if from_env and value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
+        if annotation == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if annotation == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if annotation.startswith("tuple"):
+            if from_env:
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return tuple(value)
+        if annotation.startswith("Mapping"):
+            if from_env:
+                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+                if any(len(p) != 2 for p in pairs):
+                    raise ValueError
+                return {k.strip(): v.strip() for k, v in pairs}
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise ConfigError(f"config key {key!r}: unsupported type {annotation}")
+    raise ConfigError(f"config key {key!r}: expected {annotation}, got {value!r}")
+
+
+def _is_secret(key: str) -> bool:
+    return key.endswith(("api_keys", "client_secret"))
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the config from an optional TOML file and the environment."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    file = path if path is not None else env.get("GATEWAY_CONFIG")
+    if file:
+        try:
+            with open(file, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    for section in raw:
+        if section not in _SECTIONS:
+            raise ConfigError(f"config key {section!r}: unknown section")
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, cls in _SECTIONS.items():
+        fields = {f.name: f for f in attrs.fields(cls)}
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"config key {section!r}: expected a table")
+        out: dict[str, Any] = {}
+        for name, value in given.items():
+            if name not in fields:
+                raise ConfigError(f"config key '{section}.{name}': unknown key")
+            out[name] = _coerce(f"{section}.{name}", str(fields[name].type), value)
+        for name, field in fields.items():
+            env_name = f"GATEWAY_{section.upper()}_{name.upper()}"
+            if env_name in env:
+                out[name] = _coerce(env_name, str(field.type), env[env_name])
+        values[section] = out
+    for env_name, (section, name) in _SHORT_ENV.items():
+        if env_name in env:
+            field = next(f for f in attrs.fields(_SECTIONS[section]) if f.name == name)
+            values[section][name] = _coerce(env_name, str(field.type), env[env_name])
+
+    for section, out in values.items():
+        for name, value in out.items():
+            key = f"{section}.{name}"
+            if key in _POSITIVE and value <= 0:
+                shown = "<redacted>" if _is_secret(key) else repr(value)
+                raise ConfigError(f"config key {key!r}: must be positive, got {shown}")
+    port = values["server"].get("port", 8080)
+    if not 0 < port < 65536:
+        raise ConfigError(f"config key 'server.port': must be 1-65535, got {port}")
+    selection = values["accounts"].get("selection", "sticky")
+    if selection not in ("sticky", "round-robin"):
+        raise ConfigError(
+            f"config key 'accounts.selection': must be 'sticky' or 'round-robin', got {selection!r}"
+        )
+    if not values["upstream"].get("base_urls", ("x",)):
+        raise ConfigError("config key 'upstream.base_urls': needs at least one URL")
+    return Config(**{s: _SECTIONS[s](**v) for s, v in values.items()})

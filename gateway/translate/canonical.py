@@ -1,0 +1,293 @@
+"""The canonical conversation model shared by both client dialects.
+
+Requests from OpenAI and Anthropic clients are parsed into a `ChatRequest`; the Cloud Code
+translator turns that into the upstream body. Upstream responses are decoded into a flat
+sequence of `StreamEvent`s (block start, deltas, block stop, message end), which the
+Anthropic and OpenAI encoders render as their own SSE events or, collected by `collect`,
+as a whole `ChatResponse`. The shape follows Anthropic's Messages API because it is the
+richest of the three: every other format maps into it without loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+JSON = Any
+
+# ---------------------------------------------------------------------------------------------
+# Request side
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class TextBlock:
+    text: str
+    type: Literal["text"] = "text"
+
+
+@attrs.frozen(slots=True)
+class ImageBlock:
+    media_type: str
+    data: str  # base64, as sent by the client
+    type: Literal["image"] = "image"
+
+
+@attrs.frozen(slots=True)
+class DocumentBlock:
+    media_type: str  # application/pdf or text/plain
+    data: str  # base64
+    type: Literal["document"] = "document"
+
+
+@attrs.frozen(slots=True)
+class ThinkingBlock:
+    thinking: str
+    signature: str | None = None
+    type: Literal["thinking"] = "thinking"
+
+
+@attrs.frozen(slots=True)
+class RedactedThinkingBlock:
+    data: str
+    type: Literal["redacted_thinking"] = "redacted_thinking"
+
+
+@attrs.frozen(slots=True)
+class ToolUseBlock:
+    id: str
+    name: str
+    input: Mapping[str, JSON]
+    type: Literal["tool_use"] = "tool_use"
+
+
+@attrs.frozen(slots=True)
+class ToolResultBlock:
+    tool_use_id: str
+    content: tuple[TextBlock | ImageBlock, ...]
+    is_error: bool = False
+    # The tool's name: Gemini's functionResponse needs it, Anthropic's tool_result omits it,
+    # so the parser fills it from the matching tool_use earlier in the conversation.
+    name: str | None = None
+    type: Literal["tool_result"] = "tool_result"
+
+
+ContentBlock = (
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+    | ToolUseBlock
+    | ToolResultBlock
+)
+
+
+@attrs.frozen(slots=True)
+class Message:
+    role: Literal["user", "assistant"]
+    content: tuple[ContentBlock, ...]
+
+
+@attrs.frozen(slots=True)
+class Tool:
+    name: str
+    description: str
+    input_schema: Mapping[str, JSON]
+
+
+@attrs.frozen(slots=True)
+class ToolChoice:
+    # auto: model decides; any: must call some tool; tool: must call `name`; none: no tools.
+    mode: Literal["auto", "any", "tool", "none"] = "auto"
+    name: str | None = None
+    disable_parallel: bool = False
+
+
+@attrs.frozen(slots=True)
+class Thinking:
+    enabled: bool
+    budget_tokens: int | None = None
+
+
+@attrs.frozen(slots=True)
+class ResponseFormat:
+    # "json": any JSON object; "json_schema": JSON matching `schema`.
+    kind: Literal["json", "json_schema"]
+    schema: Mapping[str, JSON] | None = None
+
+
+@attrs.frozen(slots=True)
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    max_tokens: int
+    system: tuple[TextBlock, ...] = ()
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
+    response_format: ResponseFormat | None = None
+    stream: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Response side: the event stream every encoder consumes
+# ---------------------------------------------------------------------------------------------
+
+BlockKind = Literal["text", "thinking", "redacted_thinking", "tool_use"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
+
+
+@attrs.frozen(slots=True)
+class Usage:
+    input_tokens: int = 0  # prompt tokens not served from the cache
+    output_tokens: int = 0  # candidates + thinking tokens
+    cache_read_input_tokens: int = 0
+    thinking_tokens: int = 0  # already counted in output_tokens
+
+
+@attrs.frozen(slots=True)
+class BlockStart:
+    index: int
+    kind: BlockKind
+    tool_id: str | None = None  # tool_use only
+    tool_name: str | None = None  # tool_use only
+    data: str | None = None  # redacted_thinking only
+
+
+@attrs.frozen(slots=True)
+class TextDelta:
+    index: int
+    text: str
+
+
+@attrs.frozen(slots=True)
+class ThinkingDelta:
+    index: int
+    thinking: str
+
+
+@attrs.frozen(slots=True)
+class SignatureDelta:
+    index: int
+    signature: str
+
+
+@attrs.frozen(slots=True)
+class ToolInputDelta:
+    index: int
+    partial_json: str
+
+
+@attrs.frozen(slots=True)
+class BlockStop:
+    index: int
+
+
+@attrs.frozen(slots=True)
+class ToolSignature:
+    """A Gemini thoughtSignature attached to a function call.
+
+    Clients cannot carry it (tool_use and tool_calls have no field for it), so the web layer
+    keeps it per conversation and hands it back to the request translator on the next turn.
+    Encoders ignore this event.
+    """
+
+    tool_id: str
+    signature: str
+
+
+@attrs.frozen(slots=True)
+class UsageUpdate:
+    usage: Usage
+
+
+@attrs.frozen(slots=True)
+class MessageEnd:
+    stop_reason: StopReason
+    usage: Usage
+    stop_sequence: str | None = None
+
+
+StreamEvent = (
+    BlockStart
+    | TextDelta
+    | ThinkingDelta
+    | SignatureDelta
+    | ToolInputDelta
+    | BlockStop
+    | ToolSignature
+    | UsageUpdate
+    | MessageEnd
+)
+
+
+@attrs.frozen(slots=True)
+class ChatResponse:
+    id: str
+    model: str
+    content: tuple[TextBlock | ThinkingBlock | RedactedThinkingBlock | ToolUseBlock, ...]
+    stop_reason: StopReason
+    usage: Usage
+    stop_sequence: str | None = None
+
+
+def collect(
+    events: Iterable[StreamEvent], *, response_id: str, model: str
+) -> ChatResponse:
+    """Fold a complete event sequence into a whole response (the non-streaming path)."""
+    import json
+
+    kinds: dict[int, BlockKind] = {}
+    texts: dict[int, list[str]] = {}
+    sigs: dict[int, str] = {}
+    tools: dict[int, tuple[str, str]] = {}
+    redacted: dict[int, str] = {}
+    end: MessageEnd | None = None
+    for ev in events:
+        if isinstance(ev, BlockStart):
+            kinds[ev.index] = ev.kind
+            texts[ev.index] = []
+            if ev.kind == "tool_use":
+                tools[ev.index] = (ev.tool_id or "", ev.tool_name or "")
+            if ev.kind == "redacted_thinking":
+                redacted[ev.index] = ev.data or ""
+        elif isinstance(ev, TextDelta):
+            texts[ev.index].append(ev.text)
+        elif isinstance(ev, ThinkingDelta):
+            texts[ev.index].append(ev.thinking)
+        elif isinstance(ev, ToolInputDelta):
+            texts[ev.index].append(ev.partial_json)
+        elif isinstance(ev, SignatureDelta):
+            sigs[ev.index] = sigs.get(ev.index, "") + ev.signature
+        elif isinstance(ev, MessageEnd):
+            end = ev
+    if end is None:
+        raise ValueError("event stream ended without MessageEnd")
+    content: list[TextBlock | ThinkingBlock | RedactedThinkingBlock | ToolUseBlock] = []
+    for index in sorted(kinds):
+        kind = kinds[index]
+        body = "".join(texts[index])
+        if kind == "text":
+            content.append(TextBlock(body))
+        elif kind == "thinking":
+            content.append(ThinkingBlock(body, sigs.get(index)))
+        elif kind == "redacted_thinking":
+            content.append(RedactedThinkingBlock(redacted[index]))
+        else:
+            tool_id, name = tools[index]
+            content.append(ToolUseBlock(tool_id, name, json.loads(body) if body else {}))
+    return ChatResponse(
+        id=response_id,
+        model=model,
+        content=tuple(content),
+        stop_reason=end.stop_reason,
+        usage=end.usage,
+        stop_sequence=end.stop_sequence,
+    )

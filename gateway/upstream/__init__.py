@@ -1,0 +1,1 @@
+"""The Cloud Code upstream: HTTP client, SSE parsing, rate-limit parsing, dispatch."""

@@ -1,0 +1,181 @@
+"""The Cloud Code HTTP client: one account's calls to the upstream, over httpx on trio.
+
+It knows URLs, headers, deadlines and status classification, nothing about accounts or
+selection (that is `accounts.dispatch`). Each call takes the base URL explicitly so the
+dispatcher can fall back from the daily endpoint to prod. Non-2xx answers raise
+`UpstreamHTTPError` carrying status, headers and a bounded body for classification.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+
+from gateway.config import UpstreamConfig
+from gateway.upstream.sse import SSEParser
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class UpstreamHTTPError(Exception):
+    """A non-2xx answer (or a broken one) from the upstream."""
+
+    def __init__(
+        self,
+        status: int,
+        body: str,
+        headers: dict[str, str] | None = None,
+        base_url: str = "",
+    ) -> None:
+        super().__init__(status, body)
+        self.status = status  # 0 for transport failures and malformed answers
+        self.body = body
+        self.headers = headers or {}
+        self.base_url = base_url
+
+    def __str__(self) -> str:
+        return f"upstream answered {self.status}" if self.status else "upstream unreachable"
+
+
+def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(
+        connect=config.connect_timeout_seconds,
+        read=config.read_timeout_seconds,
+        write=config.read_timeout_seconds,
+        pool=config.connect_timeout_seconds,
+    )
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+
+
+class CloudCodeClient:
+    """Calls to `v1internal` methods on a given base URL with a given access token."""
+
+    def __init__(self, http: httpx.AsyncClient, config: UpstreamConfig) -> None:
+        self.http = http
+        self.config = config
+
+    def _headers(self, access_token: str, *, stream: bool = False) -> dict[str, str]:
+        headers = {
+            "authorization": f"Bearer {access_token}",
+            "content-type": "application/json",
+            "user-agent": self.config.user_agent,
+            "x-goog-api-client": "google-cloud-sdk vscode_cloudshelleditor/0.1",
+            "client-metadata": json.dumps(
+                {"ideType": "IDE_UNSPECIFIED", "platform": "PLATFORM_UNSPECIFIED",
+                 "pluginType": "GEMINI"},
+                separators=(",", ":"),
+            ),
+        }
+        if stream:
+            headers["accept"] = "text/event-stream"
+        return headers
+
+    async def call(
+        self, base_url: str, method: str, body: dict[str, Any], access_token: str
+    ) -> dict[str, Any]:
+        """POST a unary `v1internal:<method>` call and return its JSON answer."""
+        url = f"{base_url}/v1internal:{method}"
+        try:
+            response = await self.http.post(url, json=body, headers=self._headers(access_token))
+        except httpx.TimeoutException:
+            raise UpstreamHTTPError(0, "timeout", base_url=base_url) from None
+        except httpx.TransportError as exc:
+            raise UpstreamHTTPError(0, type(exc).__name__, base_url=base_url) from None
+        if response.status_code // 100 != 2:
+            raise UpstreamHTTPError(
+                response.status_code,
+                response.text[:_MAX_ERROR_BODY],
+                dict(response.headers),
+                base_url,
+            )
+        try:
+            data = response.json()
+        except ValueError:
+            raise UpstreamHTTPError(0, "answer is not JSON", base_url=base_url) from None
+        if not isinstance(data, dict):
+            raise UpstreamHTTPError(0, "answer is not a JSON object", base_url=base_url)
+        return data
+
+    @asynccontextmanager
+    async def stream(
+        self, base_url: str, body: dict[str, Any], access_token: str
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Open `streamGenerateContent?alt=sse`; yield an iterator of decoded SSE payloads.
+
+        The status is checked before anything is yielded, so a caller can still fail over on
+        a 429 or 5xx. Leaving the context (normally, by error or by cancellation) closes the
+        upstream connection at once.
+        """
+        url = f"{base_url}/v1internal:streamGenerateContent?alt=sse"
+        request = self.http.build_request(
+            "POST", url, json=body, headers=self._headers(access_token, stream=True)
+        )
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamHTTPError(0, "timeout", base_url=base_url) from None
+        except httpx.TransportError as exc:
+            raise UpstreamHTTPError(0, type(exc).__name__, base_url=base_url) from None
+        try:
+            if response.status_code // 100 != 2:
+                raw = await _read_bounded(response)
+                raise UpstreamHTTPError(
+                    response.status_code, raw, dict(response.headers), base_url
+                )
+            yield _payloads(response, base_url)
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+
+async def _read_bounded(response: httpx.Response) -> str:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass
+    return b"".join(chunks)[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
+
+
+async def _payloads(response: httpx.Response, base_url: str) -> AsyncIterator[dict[str, Any]]:
+    parser = SSEParser()
+    try:
+        async for chunk in response.aiter_raw():
+            for event in parser.feed(chunk):
+                payload = _decode(event.data, base_url)
+                if payload is not None:
+                    yield payload
+    except httpx.TimeoutException:
+        raise UpstreamHTTPError(0, "stream stalled", base_url=base_url) from None
+    except httpx.TransportError as exc:
+        broken = f"stream broken: {type(exc).__name__}"
+        raise UpstreamHTTPError(0, broken, base_url=base_url) from None
+    for event in parser.close():
+        payload = _decode(event.data, base_url)
+        if payload is not None:
+            yield payload
+
+
+def _decode(data: str, base_url: str) -> dict[str, Any] | None:
+    if not data.strip() or data.strip() == "[DONE]":
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise UpstreamHTTPError(0, "malformed stream event", base_url=base_url) from None
+    if not isinstance(payload, dict):
+        raise UpstreamHTTPError(0, "malformed stream event", base_url=base_url)
+    # Cloud Code wraps each Gemini response in {"response": ...}; accept both shapes.
+    inner = payload.get("response", payload)
+    return inner if isinstance(inner, dict) else None
