@@ -60,7 +60,9 @@ class CloudCodeClient:
         self.http = http
         self.config = config
 
-    def _headers(self, access_token: str, *, stream: bool = False) -> dict[str, str]:
+    def _headers(
+        self, access_token: str, *, stream: bool = False, model: str = ""
+    ) -> dict[str, str]:
         headers = {
             "authorization": f"Bearer {access_token}",
             "content-type": "application/json",
@@ -74,6 +76,9 @@ class CloudCodeClient:
         }
         if stream:
             headers["accept"] = "text/event-stream"
+        if model.startswith("claude") and "thinking" in model:
+            # Claude thinking models on Cloud Code think between tool calls only with this beta
+            headers["anthropic-beta"] = "interleaved-thinking-2025-05-14"
         return headers
 
     async def call(
@@ -114,7 +119,10 @@ class CloudCodeClient:
         """
         url = f"{base_url}/v1internal:streamGenerateContent?alt=sse"
         request = self.http.build_request(
-            "POST", url, json=body, headers=self._headers(access_token, stream=True)
+            "POST",
+            url,
+            json=body,
+            headers=self._headers(access_token, stream=True, model=str(body.get("model", ""))),
         )
         try:
             response = await self.http.send(request, stream=True)

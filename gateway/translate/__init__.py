@@ -1,0 +1,1 @@
+"""Pure translation between client dialects, the canonical model and Cloud Code."""
