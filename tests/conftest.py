@@ -12,28 +12,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
 from gateway.config import Config
-
-
-@attrs.define
-class RunningEmulator:
-    url: str
-    state: Any
-
-
-@attrs.define
-class RunningGateway:
-    url: str
-    config: Config
-    app: Any
-
-    @property
-    def services(self) -> Any:
-        return self.app.extensions["gateway"]
+from tests.support import RunningEmulator, RunningGateway, fast_config
 
 
 @pytest.fixture
@@ -43,13 +26,6 @@ async def emulator(nursery: trio.Nursery) -> RunningEmulator:
     state = EmulatorState.with_demo_accounts()
     url = await nursery.start(partial(serve_emulator, state, host="127.0.0.1", port=0))
     return RunningEmulator(url, state)
-
-
-def fast_config(base: Config, **sections: dict[str, Any]) -> Config:
-    """Evolve config sections, e.g. fast_config(c, server={"keepalive_seconds": 0.1})."""
-    for name, changes in sections.items():
-        base = attrs.evolve(base, **{name: attrs.evolve(getattr(base, name), **changes)})
-    return base
 
 
 @pytest.fixture
@@ -72,7 +48,7 @@ async def start_gateway(
         )
         app = create_app(config)
         url = await nursery.start(partial(serve_gateway, app, config))
-        return RunningGateway(url, config, app)
+        return RunningGateway(url, config, app, emulator)
 
     return start
 
