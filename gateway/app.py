@@ -283,7 +283,7 @@ def create_app(
         status, body = _dialect_for(request.path).error_body(err)
         return Response(_json(body), status=status, content_type="application/json")
 
-    app.asgi_app = GatewayASGI(app, app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = GatewayASGI(app, app.asgi_app)  # type: ignore[method-assign,assignment]
     return app
 
 

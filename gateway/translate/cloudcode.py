@@ -170,7 +170,9 @@ def _thinking_config(
     if model.family == "gemini":
         if wanted is not None and not wanted.enabled:
             return {"includeThoughts": False}, max_out
-        config: JSONDict = {"includeThoughts": True}
+        # Gemini thinks whether asked or not; its thoughts are shown only to a client that
+        # asked for thinking (Anthropic clients get thinking blocks only on request).
+        config: JSONDict = {"includeThoughts": wanted is not None}
         budget = wanted.budget_tokens if wanted is not None else None
         if budget is None:
             budget = model.default_thinking_budget

@@ -279,7 +279,7 @@ def test_gemini_json_schema_and_media() -> None:
         (CLAUDE_THINKING, c.Thinking(True, 64000), 64000, {"include_thoughts": True,
                                                             "thinking_budget": 63999}, 64000),
         (CLAUDE_THINKING, c.Thinking(False), 4000, None, 4000),
-        (GEMINI, None, 4000, {"includeThoughts": True}, 4000),
+        (GEMINI, None, 4000, {"includeThoughts": False}, 4000),
         (GEMINI, c.Thinking(True, 0), 4000, {"includeThoughts": True, "thinkingBudget": 0}, 4000),
         (GEMINI, c.Thinking(False), 4000, {"includeThoughts": False}, 4000),
         (GEMINI_3, c.Thinking(True, 70000), 1000, {"includeThoughts": True,
