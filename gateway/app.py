@@ -68,9 +68,11 @@ async def build_services(
     http = make_http_client(config.upstream)
     client = CloudCodeClient(http, config.upstream)
     pool = AccountPool(accounts, selection=config.accounts.selection, clock=clock)
-    supervisor = Supervisor(pool=pool, store=store, client=client, config=config, clock=clock)
-    dispatcher = Dispatcher(pool, supervisor, client, config, clock=clock)
     metrics = Metrics()
+    supervisor = Supervisor(
+        pool=pool, store=store, client=client, config=config, clock=clock, metrics=metrics
+    )
+    dispatcher = Dispatcher(pool, supervisor, client, config, clock=clock, metrics=metrics)
     metrics.watch_cooldowns(
         lambda: {
             (entry.handle, model): seconds

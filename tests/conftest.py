@@ -46,7 +46,7 @@ async def start_gateway(
             upstream={"retry_backoff_seconds": 0.01, **sections.pop("upstream", {})},
             **sections,
         )
-        app = create_app(config)
+        app = create_app(config, demo=True)
         url = await nursery.start(partial(serve_gateway, app, config))
         return RunningGateway(url, config, app, emulator)
 

@@ -97,6 +97,7 @@ class _Outcome:
     first_byte: float | None = None
     error_type: str | None = None
     disconnected: bool = False
+    finished: bool = False  # the last body message went out; a disconnect now is normal
 
 
 class ClientDisconnected(Exception):
@@ -162,11 +163,17 @@ async def send_error(send: Send, dialect: Dialect, err: errors.GatewayError) -> 
 
 
 async def handle_chat(
-    scope: Scope, receive: Receive, send: Send, dialect: Dialect, services: Services
+    scope: Scope, receive: Receive, raw_send: Send, dialect: Dialect, services: Services
 ) -> None:
     started = time.monotonic()
     request_id = scope.get("state", {}).get("request_id") or secrets.token_hex(8)
     outcome = _Outcome()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            outcome.finished = True
+        await raw_send(message)
+
     stream = False
     try:
         try:
@@ -228,9 +235,17 @@ async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, outcome: 
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            outcome.disconnected = True
+            outcome.disconnected = not outcome.finished
             scope.cancel()
             return
+
+
+class _StreamBroken(Exception):
+    """The upstream stream broke after its first payload: too late for the dispatcher."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 async def _pump(
@@ -239,10 +254,46 @@ async def _pump(
     dialect: Dialect,
     services: Services,
 ) -> None:
-    """Open the upstream, decode it, and hand canonical events to the writer."""
+    """Open the upstream, decode it, and hand canonical events to the writer.
+
+    A stream that breaks half-way is final for a streaming client (it has seen the start),
+    but a non-streaming client has seen nothing yet: its request is sent again, up to
+    `upstream.max_retries` times, so a cut connection costs a retry, not an answer.
+    """
+    attempts = 1 if prepared.request.stream else 1 + services.config.upstream.max_retries
+    async with sender:
+        for attempt in range(attempts):
+            try:
+                await _relay(sender, prepared, dialect, services)
+                return
+            except _StreamBroken as broken:
+                if attempt + 1 < attempts:
+                    log.warning("upstream stream broke (%s); sending the request again",
+                                broken.reason)
+                    continue
+                await sender.send(
+                    _Failed(errors.UpstreamError(f"upstream stream failed: {broken.reason}"))
+                )
+            except errors.GatewayError as err:
+                await sender.send(_Failed(err))
+                return
+            except Exception:
+                log.exception("unexpected error relaying a %s stream", dialect.name)
+                await sender.send(_Failed(errors.GatewayError("internal error; see the log")))
+                return
+
+
+async def _relay(
+    sender: trio.MemorySendChannel[_Item],
+    prepared: PreparedChat,
+    dialect: Dialect,
+    services: Services,
+) -> None:
+    """One attempt: stream events to the writer (or, for a unary request, all at the end)."""
     request = prepared.request
     signatures = services.signatures.lookup(prepared.session_id)
     request_id = f"agent-{secrets.token_hex(16)}"
+    held: list[c.StreamEvent] = []
 
     def build_body(project: str, model: ModelInfo) -> dict[str, Any]:
         return to_cloudcode(
@@ -254,32 +305,33 @@ async def _pump(
             tool_signatures=signatures,
         )
 
-    async with sender:
+    async def emit(events: list[c.StreamEvent]) -> None:
+        if request.stream:
+            await sender.send(events)
+        else:
+            held.extend(events)
+
+    async with services.dispatcher.open_stream(
+        model=prepared.model, session_id=prepared.session_id, build_body=build_body
+    ) as upstream:
+        await sender.send(_Opened(upstream.account_handle, upstream.model.id))
+        decoder = CloudCodeDecoder(
+            model=upstream.model,
+            tool_id_prefix=f"{dialect.tool_id_prefix}{secrets.token_hex(8)}_",
+        )
         try:
-            async with services.dispatcher.open_stream(
-                model=prepared.model, session_id=prepared.session_id, build_body=build_body
-            ) as upstream:
-                await sender.send(_Opened(upstream.account_handle, upstream.model.id))
-                decoder = CloudCodeDecoder(
-                    model=upstream.model,
-                    tool_id_prefix=f"{dialect.tool_id_prefix}{secrets.token_hex(8)}_",
-                )
-                async for payload in upstream.payloads:
-                    events = decoder.feed(payload)
-                    if events:
-                        _remember_signatures(services, prepared.session_id, events)
-                        await sender.send(events)
-                events = decoder.finish()
-                _remember_signatures(services, prepared.session_id, events)
-                await sender.send(events)
-        except errors.GatewayError as err:
-            await sender.send(_Failed(err))
+            async for payload in upstream.payloads:
+                events = decoder.feed(payload)
+                if events:
+                    _remember_signatures(services, prepared.session_id, events)
+                    await emit(events)
         except UpstreamHTTPError as exc:
-            # Broken after the first payload: too late to fail over.
-            await sender.send(_Failed(errors.UpstreamError(f"upstream stream failed: {exc}")))
-        except Exception:
-            log.exception("unexpected error relaying a %s stream", dialect.name)
-            await sender.send(_Failed(errors.GatewayError("internal error; see the log")))
+            raise _StreamBroken(str(exc)) from None
+        events = decoder.finish()
+        _remember_signatures(services, prepared.session_id, events)
+        await emit(events)
+    if held:
+        await sender.send(held)
 
 
 def _remember_signatures(

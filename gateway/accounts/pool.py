@@ -1,0 +1,363 @@
+"""The account pool: every account's runtime state, and which account serves a request.
+
+Pure state and selection, no I/O: the supervisor feeds it tokens, projects and quotas, the
+dispatcher feeds it outcomes (success, failure, rate-limit cooldowns) and asks it to `pick`
+an account for a model. Time comes from the injected clock, so selection is deterministic
+under test. Sticky selection keeps a conversation (session id) on the account it used last
+while that account can serve the model, so the upstream's prompt cache keeps hitting; when
+it cannot, the healthiest usable account (most remaining quota, fewest failures) takes over
+and the session sticks to it. `snapshot()` publishes an immutable view for /health,
+/account-limits and metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Literal
+
+import attrs
+
+from gateway import errors
+from gateway.accounts.model import Account, account_handle
+
+__all__ = ["AccountEntry", "AccountPool", "AccountStatus", "Pick", "PoolSnapshot"]
+
+AccountStatus = Literal["ok", "invalid", "disabled", "no-token"]
+Selection = Literal["sticky", "round-robin"]
+
+# Sessions remembered for stickiness; the oldest are forgotten first.
+MAX_STICKY_SESSIONS = 10_000
+
+NO_ACCOUNTS_HINT = "add one with `gateway accounts add` (or run `gateway demo` to try it out)"
+
+
+@attrs.frozen(slots=True)
+class Pick:
+    """The account to use, with its current project and tier.
+
+    `wait_seconds` > 0 means no account can serve the model now and this one is the first
+    to come out of its cooldown: the caller waits that long or answers 429.
+    """
+
+    account: Account
+    wait_seconds: float = 0.0
+
+    @property
+    def email(self) -> str:
+        return self.account.email
+
+
+@attrs.frozen(slots=True)
+class AccountEntry:
+    email: str
+    handle: str
+    status: AccountStatus
+    project: str | None
+    tier: str | None
+    token_expires_in: float | None  # seconds; None without a token
+    cooldowns: Mapping[str, float]  # model -> seconds until usable again (only > 0)
+    quotas: Mapping[str, tuple[float | None, str | None]]  # model -> (fraction, reset time)
+    consecutive_failures: int = 0
+    invalid_reason: str | None = None
+
+
+@attrs.frozen(slots=True)
+class PoolSnapshot:
+    accounts: int
+    active_accounts: int  # accounts with a live token (status "ok")
+    entries: tuple[AccountEntry, ...]
+
+
+@attrs.define(slots=True)
+class _State:
+    account: Account
+    token: str | None = attrs.field(default=None, repr=False)
+    token_expiry: float = 0.0
+    invalid_reason: str | None = None
+    project: str | None = None
+    tier: str | None = None
+    cooldown_until: dict[str, float] = attrs.field(factory=dict)
+    quotas: dict[str, tuple[float | None, str | None]] = attrs.field(factory=dict)
+    failures: int = 0
+
+    @classmethod
+    def of(cls, account: Account) -> _State:
+        return cls(
+            account=account,
+            invalid_reason=account.invalid_reason,
+            project=account.project_id,
+            tier=account.tier,
+        )
+
+    @property
+    def email(self) -> str:
+        return self.account.email
+
+    def status(self, now: float) -> AccountStatus:
+        if not self.account.enabled:
+            return "disabled"
+        if self.invalid_reason is not None:
+            return "invalid"
+        if self.token is None or self.token_expiry <= now:
+            return "no-token"
+        return "ok"
+
+    def cooling(self, model: str, now: float) -> float:
+        """Seconds until this account may serve `model` again (0 when it may now)."""
+        return max(0.0, self.cooldown_until.get(model, 0.0) - now)
+
+    def fraction(self, model: str) -> float:
+        # An account never probed is assumed full: it has not been used up by anyone yet.
+        value = self.quotas.get(model, (None, None))[0]
+        return 1.0 if value is None else value
+
+    def current(self) -> Account:
+        return attrs.evolve(
+            self.account,
+            project_id=self.project,
+            tier=self.tier,
+            invalid_reason=self.invalid_reason,
+        )
+
+
+def _reset_epoch(reset_time: str | None) -> float | None:
+    if not reset_time:
+        return None
+    try:
+        when = datetime.fromisoformat(reset_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+class AccountPool:
+    """Runtime state of every account, and account selection for requests."""
+
+    def __init__(
+        self,
+        accounts: Iterable[Account],
+        *,
+        selection: str = "sticky",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if selection not in ("sticky", "round-robin"):
+            raise ValueError(f"selection must be 'sticky' or 'round-robin', not {selection!r}")
+        self.selection = selection
+        self._clock = clock
+        self._states: dict[str, _State] = {}
+        self._sessions: OrderedDict[str, str] = OrderedDict()
+        self._last_rotated: str | None = None
+        self.replace_accounts(accounts)
+
+    # -- membership ------------------------------------------------------------------------
+
+    def replace_accounts(self, accounts: Iterable[Account]) -> None:
+        """Adopt the stored accounts (after an add or remove), keeping known runtime state.
+
+        A stored record that changed (re-added, so its grant or invalid mark changed) starts
+        afresh; an unchanged one keeps its token, cooldowns and quotas.
+        """
+        states: dict[str, _State] = {}
+        for account in accounts:
+            known = self._states.get(account.email)
+            states[account.email] = known if known and known.account == account else _State.of(
+                account
+            )
+        self._states = states
+        for session, email in list(self._sessions.items()):
+            if email not in states:
+                del self._sessions[session]
+
+    def emails(self) -> list[str]:
+        return list(self._states)
+
+    def account(self, email: str) -> Account:
+        """The account's stored record with its current project, tier and invalid mark."""
+        return self._state(email).current()
+
+    def _state(self, email: str) -> _State:
+        try:
+            return self._states[email]
+        except KeyError:
+            raise KeyError(f"no account {email!r} in the pool") from None
+
+    # -- selection -------------------------------------------------------------------------
+
+    def pick(
+        self, model_id: str, session_id: str, exclude: frozenset[str] = frozenset()
+    ) -> Pick | None:
+        """The account to serve `model_id` for `session_id`.
+
+        Raises `errors.NoAccounts` when no account could ever serve (none, or all invalid or
+        disabled). Returns None when every account that could is excluded or has no access
+        token; a Pick with `wait_seconds` > 0 when all candidates are cooling down.
+        """
+        now = self._clock()
+        live = [s for s in self._states.values() if s.status(now) in ("ok", "no-token")]
+        if not live:
+            if not self._states:
+                raise errors.NoAccounts(f"no Google accounts are configured; {NO_ACCOUNTS_HINT}")
+            raise errors.NoAccounts(
+                "every configured account is invalid or disabled; add the accounts again "
+                "with `gateway accounts add`"
+            )
+        candidates = [s for s in live if s.email not in exclude and s.status(now) == "ok"]
+        if not candidates:
+            return None
+        ready = [s for s in candidates if s.cooling(model_id, now) <= 0]
+        if not ready:
+            soonest = min(candidates, key=lambda s: s.cooling(model_id, now))
+            return Pick(soonest.current(), soonest.cooling(model_id, now))
+        if self.selection == "round-robin":
+            chosen = self._rotate(ready)
+        else:
+            chosen = self._sticky(ready, model_id, session_id)
+        return Pick(chosen.current(), 0.0)
+
+    def _sticky(self, ready: list[_State], model_id: str, session_id: str) -> _State:
+        if session_id:
+            email = self._sessions.get(session_id)
+            for state in ready:
+                if state.email == email:
+                    self._sessions.move_to_end(session_id)
+                    return state
+        order = {email: i for i, email in enumerate(self._states)}
+        chosen = min(
+            ready, key=lambda s: (-s.fraction(model_id), s.failures, order[s.email])
+        )
+        if session_id:
+            self._sessions[session_id] = chosen.email
+            self._sessions.move_to_end(session_id)
+            while len(self._sessions) > MAX_STICKY_SESSIONS:
+                self._sessions.popitem(last=False)
+        return chosen
+
+    def _rotate(self, ready: list[_State]) -> _State:
+        emails = list(self._states)
+        start = emails.index(self._last_rotated) + 1 if self._last_rotated in emails else 0
+        ready_emails = {s.email for s in ready}
+        for offset in range(len(emails)):
+            email = emails[(start + offset) % len(emails)]
+            if email in ready_emails:
+                self._last_rotated = email
+                return self._states[email]
+        raise AssertionError("ready accounts are always in the pool")
+
+    def sticky_account(self, session_id: str) -> str | None:
+        """The account a session is stuck to, if any."""
+        return self._sessions.get(session_id)
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def cooldown(self, email: str, model: str, seconds: float) -> None:
+        """`email` may not serve `model` for `seconds` (the latest word from upstream wins)."""
+        self._state(email).cooldown_until[model] = self._clock() + max(0.0, seconds)
+
+    def cooldown_remaining(self, email: str, model: str) -> float:
+        return self._state(email).cooling(model, self._clock())
+
+    def success(self, email: str, model: str) -> None:
+        state = self._states.get(email)
+        if state is None:
+            return
+        state.failures = 0
+        if state.cooling(model, self._clock()) <= 0:
+            state.cooldown_until.pop(model, None)
+
+    def failure(self, email: str) -> None:
+        state = self._states.get(email)
+        if state is not None:
+            state.failures += 1
+
+    def mark_invalid(self, email: str, reason: str) -> None:
+        state = self._state(email)
+        state.invalid_reason = reason
+        state.token = None
+        state.token_expiry = 0.0
+
+    # -- facts from the supervisor ---------------------------------------------------------
+
+    def set_token(self, email: str, token: str, expires_at: float) -> None:
+        """A fresh access token; it also proves the grant alive, clearing an invalid mark."""
+        state = self._state(email)
+        state.token = token
+        state.token_expiry = expires_at
+        state.invalid_reason = None
+
+    def status(self, email: str) -> AccountStatus:
+        return self._state(email).status(self._clock())
+
+    def token(self, email: str) -> str | None:
+        """The account's access token while it is valid, else None."""
+        state = self._states.get(email)
+        if state is None or state.token is None or state.token_expiry <= self._clock():
+            return None
+        return state.token
+
+    def token_expiry(self, email: str) -> float | None:
+        state = self._state(email)
+        return state.token_expiry if state.token is not None else None
+
+    def set_project(self, email: str, project: str, tier: str | None) -> None:
+        state = self._state(email)
+        state.project = project
+        if tier is not None:
+            state.tier = tier
+
+    def set_quota(
+        self, email: str, model: str, fraction: float | None, reset_time: str | None
+    ) -> None:
+        """One model's quota; an exhausted one (fraction 0) cools down until its reset."""
+        state = self._state(email)
+        state.quotas[model] = (fraction, reset_time)
+        reset = _reset_epoch(reset_time)
+        if fraction is not None and fraction <= 0 and reset is not None and reset > self._clock():
+            state.cooldown_until[model] = max(state.cooldown_until.get(model, 0.0), reset)
+
+    def set_quotas(
+        self, email: str, quotas: Mapping[str, tuple[float | None, str | None]]
+    ) -> None:
+        """Replace the account's whole quota table with a fresh probe's answer."""
+        self._state(email).quotas = {}
+        for model, (fraction, reset_time) in quotas.items():
+            self.set_quota(email, model, fraction, reset_time)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def available_models(self) -> set[str]:
+        """Models any account's quota probe reported; empty before the first probe."""
+        return {model for state in self._states.values() for model in state.quotas}
+
+    def snapshot(self) -> PoolSnapshot:
+        now = self._clock()
+        entries = []
+        for state in self._states.values():
+            status = state.status(now)
+            cooldowns = {
+                model: until - now for model, until in state.cooldown_until.items() if until > now
+            }
+            entries.append(
+                AccountEntry(
+                    email=state.email,
+                    handle=account_handle(state.email),
+                    status=status,
+                    project=state.project,
+                    tier=state.tier,
+                    token_expires_in=(
+                        round(state.token_expiry - now, 1) if status == "ok" else None
+                    ),
+                    cooldowns=MappingProxyType(cooldowns),
+                    quotas=MappingProxyType(dict(state.quotas)),
+                    consecutive_failures=state.failures,
+                    invalid_reason=state.invalid_reason,
+                )
+            )
+        return PoolSnapshot(
+            accounts=len(entries),
+            active_accounts=sum(1 for e in entries if e.status == "ok"),
+            entries=tuple(entries),
+        )

@@ -1,0 +1,380 @@
+"""The account supervisor: keeps every account's access token fresh and its quotas known.
+
+`Supervisor.run` owns one task per account. Each task refreshes the access token (and again
+`refresh_margin_seconds` before it expires), discovers the Cloud Code project of an account
+stored without one (and persists it), and probes the account's quotas
+(`fetchAvailableModels`) every `quota_probe_interval_seconds` or when asked to. Between
+those it sleeps until its earliest deadline or until woken (`request_probe`, a refresh
+elsewhere): no polling. A revoked grant (invalid_grant) marks the account invalid in the
+pool and in the accounts file; other failures are retried with exponential backoff. Results
+go into the `AccountPool`, which the dispatcher and the admin routes read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from gateway.accounts import oauth
+from gateway.accounts.model import Account, account_handle
+from gateway.accounts.pool import AccountPool
+from gateway.accounts.store import AccountStore, AccountStoreError
+from gateway.config import Config
+from gateway.upstream.client import CloudCodeClient, UpstreamHTTPError
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.accounts")
+
+STARTUP_WAIT_SECONDS = 10.0  # longest the first refresh round may hold up start-up
+REFRESH_TIMEOUT_SECONDS = 30.0
+PROBE_TIMEOUT_SECONDS = 30.0
+DISCOVERY_TIMEOUT_SECONDS = 60.0
+MIN_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 300.0
+# Requested probes (after a 429) come at most this often per account.
+PROBE_MIN_GAP_SECONDS = 30.0
+
+RefreshResult = dict[str, Any]
+
+
+@attrs.define(slots=True)
+class _Worker:
+    """One account's task state: what it was asked to do and when it next must act."""
+
+    email: str
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    first_round: trio.Event = attrs.field(factory=trio.Event)
+    refresh_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    probe_requested: bool = True
+    next_probe: float = 0.0
+    last_probe: float = -math.inf
+    refresh_at: float = 0.0  # when the current token is due for renewal
+    refresh_retry_at: float = 0.0
+    refresh_failures: int = 0
+    discovery_retry_at: float = 0.0
+    discovery_failures: int = 0
+
+    def poke(self) -> None:
+        self.wake.set()
+
+
+def _backoff(failures: int) -> float:
+    return float(min(MAX_BACKOFF_SECONDS, MIN_BACKOFF_SECONDS * 2.0 ** max(0, failures - 1)))
+
+
+def parse_quotas(answer: Mapping[str, Any]) -> dict[str, tuple[float | None, str | None]]:
+    """Model -> (remaining fraction, reset time) from a fetchAvailableModels answer.
+
+    A model whose quota info names a reset time but no fraction is exhausted (the upstream
+    leaves the zero out).
+    """
+    models = answer.get("models")
+    quotas: dict[str, tuple[float | None, str | None]] = {}
+    if not isinstance(models, Mapping):
+        return quotas
+    for model_id, info in models.items():
+        if not isinstance(model_id, str) or not model_id:
+            continue
+        quota = info.get("quotaInfo") if isinstance(info, Mapping) else None
+        fraction: float | None = None
+        reset: str | None = None
+        if isinstance(quota, Mapping):
+            raw = quota.get("remainingFraction")
+            reset_raw = quota.get("resetTime")
+            reset = reset_raw if isinstance(reset_raw, str) and reset_raw else None
+            if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+                fraction = min(1.0, max(0.0, float(raw)))
+            elif reset is not None:
+                fraction = 0.0
+        quotas[model_id] = (fraction, reset)
+    return quotas
+
+
+class Supervisor:
+    """Token refresh, project discovery and quota probes for every account in the pool."""
+
+    def __init__(
+        self,
+        *,
+        pool: AccountPool,
+        store: AccountStore,
+        client: CloudCodeClient,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        startup_wait_seconds: float = STARTUP_WAIT_SECONDS,
+        probe_min_gap_seconds: float = PROBE_MIN_GAP_SECONDS,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.client = client
+        self.config = config
+        self.metrics = metrics
+        self._clock = clock
+        self._startup_wait = startup_wait_seconds
+        self._probe_gap = probe_min_gap_seconds
+        self._workers: dict[str, _Worker] = {email: _Worker(email) for email in pool.emails()}
+
+    # -- the public face -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise every account until cancelled.
+
+        Reports started once every account's first round (token refresh, project discovery
+        if needed, quota probe) has been attempted, or after `startup_wait_seconds`,
+        whichever is first, so a slow token endpoint never holds up start-up for long.
+        """
+        async with trio.open_nursery() as nursery:
+            for worker in self._workers.values():
+                nursery.start_soon(self._supervise, worker, name=f"supervise {worker.email}")
+            with trio.move_on_after(self._startup_wait) as waited:
+                for worker in self._workers.values():
+                    await worker.first_round.wait()
+            if waited.cancelled_caught:
+                log.warning(
+                    "starting before every account has a token: the token endpoint is slow"
+                )
+            task_status.started()
+
+    def access_token(self, email: str) -> str | None:
+        """The account's current access token, or None while it has no valid one."""
+        return self.pool.token(email)
+
+    def request_probe(self, email: str) -> None:
+        """Ask for a quota probe of `email` soon (after a 429, say). Never blocks.
+
+        Requests closer together than `probe_min_gap_seconds` share one probe.
+        """
+        worker = self._workers.get(email)
+        if worker is not None:
+            worker.probe_requested = True
+            worker.poke()
+
+    async def renew_token(self, email: str, rejected: str | None) -> str | None:
+        """A new access token after the upstream rejected `rejected` (a 401).
+
+        Concurrent callers share one refresh: whoever comes second finds the token already
+        replaced and takes it. None when the refresh failed.
+        """
+        worker = self._workers.get(email)
+        if worker is None:
+            return None
+        async with worker.refresh_lock:
+            current = self.pool.token(email)
+            if current is not None and current != rejected:
+                return current
+            await self._refresh(worker, locked=True)
+        return self.pool.token(email)
+
+    async def refresh_now(self, email: str | None = None) -> dict[str, RefreshResult]:
+        """Refresh `email`'s token (every account's when None) now; results by email.
+
+        Runs the refreshes concurrently in a nursery of its own, so nothing is left behind
+        when it returns; the accounts' own tasks then re-probe their quotas. Invalid
+        accounts are tried too: this is how an operator checks whether a grant came back.
+        """
+        emails = [email] if email is not None else list(self._workers)
+        results: dict[str, RefreshResult] = {}
+
+        async def one(worker: _Worker) -> None:
+            results[worker.email] = await self._refresh(worker)
+            if results[worker.email]["ok"]:
+                # An operator asking for fresh tokens wants fresh quotas too, at once.
+                worker.probe_requested = True
+                worker.last_probe = -math.inf
+                worker.poke()
+
+        async with trio.open_nursery() as nursery:
+            known = set(self.pool.emails())
+            for name in emails:
+                worker = self._workers.get(name)
+                if worker is None or name not in known:
+                    results[name] = {"ok": False, "status": "unknown", "error": "no such account"}
+                else:
+                    nursery.start_soon(one, worker)
+        return {name: results[name] for name in emails}
+
+    # -- one account's task ----------------------------------------------------------------
+
+    async def _supervise(self, worker: _Worker) -> None:
+        while True:
+            try:
+                await self._supervise_once(worker)
+            except Exception:
+                # A bug in one account's round must not stop the others (or the server).
+                log.exception("supervising %s failed; retrying", account_handle(worker.email))
+                worker.first_round.set()
+                await trio.sleep(MAX_BACKOFF_SECONDS / 10)
+
+    async def _supervise_once(self, worker: _Worker) -> None:
+        email = worker.email
+        while True:
+            worker.wake = trio.Event()
+            now = self._clock()
+            state = self._account_state(email)
+            if state in ("invalid", "disabled"):
+                worker.first_round.set()
+                await worker.wake.wait()  # a manual refresh_now may revive it
+                continue
+            deadlines: list[float] = []
+            refresh_at = self._refresh_due(worker)
+            if refresh_at <= now:
+                await self._refresh(worker)
+                continue  # re-read the state: it may be invalid now, or need a retry
+            deadlines.append(refresh_at)
+            account = self.pool.account(email)
+            token = self.pool.token(email)
+            if token is not None and not account.project_id:
+                if worker.discovery_retry_at <= now:
+                    await self._discover(worker, token)
+                    continue
+                deadlines.append(worker.discovery_retry_at)
+            elif token is not None:
+                probe_at = worker.next_probe
+                if worker.probe_requested:
+                    probe_at = min(probe_at, worker.last_probe + self._probe_gap)
+                if probe_at <= now:
+                    await self._probe(worker, token, account)
+                    continue
+                deadlines.append(probe_at)
+            # Everything due now is done: the account has had its first round.
+            worker.first_round.set()
+            delay = max(0.0, min(deadlines) - self._clock()) if deadlines else math.inf
+            with trio.move_on_after(delay):
+                await worker.wake.wait()
+
+    def _account_state(self, email: str) -> str:
+        # An account removed from the pool is left alone, like an invalid one.
+        return self.pool.status(email) if email in self.pool.emails() else "invalid"
+
+    def _refresh_due(self, worker: _Worker) -> float:
+        if self.pool.token(worker.email) is None:
+            return worker.refresh_retry_at
+        return max(worker.refresh_at, worker.refresh_retry_at)
+
+    # -- the work --------------------------------------------------------------------------
+
+    async def _refresh(self, worker: _Worker, *, locked: bool = False) -> RefreshResult:
+        if locked:
+            return await self._refresh_locked(worker)
+        async with worker.refresh_lock:
+            return await self._refresh_locked(worker)
+
+    async def _refresh_locked(self, worker: _Worker) -> RefreshResult:
+        email = worker.email
+        account = self.pool.account(email)
+        result: RefreshResult
+        try:
+            with trio.fail_after(REFRESH_TIMEOUT_SECONDS):
+                token = await oauth.refresh_access_token(
+                    self.config.oauth, account.refresh_token,
+                    request_timeout=REFRESH_TIMEOUT_SECONDS,
+                )
+        except oauth.InvalidGrant as exc:
+            reason = exc.code or "invalid_grant"
+            log.warning("account %s is invalid: %s", account_handle(email), exc)
+            self.pool.mark_invalid(email, reason)
+            await self._persist(email, invalid_reason=reason)
+            self._count("invalid")
+            result = {"ok": False, "status": "invalid", "error": str(exc)}
+        except (oauth.OAuthError, trio.TooSlowError) as exc:
+            worker.refresh_failures += 1
+            wait = _backoff(worker.refresh_failures)
+            worker.refresh_retry_at = self._clock() + wait
+            message = str(exc) if isinstance(exc, oauth.OAuthError) else "token endpoint timed out"
+            log.warning(
+                "token refresh for %s failed (%s); retrying in %.0fs",
+                account_handle(email), message, wait,
+            )
+            self._count("error")
+            result = {"ok": False, "status": "failed", "error": message}
+        else:
+            was_invalid = account.invalid_reason is not None
+            self.pool.set_token(email, token.token, token.expiry)
+            # Renew `refresh_margin_seconds` before expiry, or at half-life for tokens that
+            # live shorter than twice the margin.
+            lifetime = token.expiry - self._clock()
+            margin = min(self.config.accounts.refresh_margin_seconds, lifetime / 2)
+            worker.refresh_at = token.expiry - margin
+            worker.refresh_failures = 0
+            # Never two rounds of refreshes in the same second, whatever the expiry says.
+            worker.refresh_retry_at = self._clock() + MIN_BACKOFF_SECONDS
+            if was_invalid:
+                await self._persist(email, invalid_reason=None)
+            self._count("ok")
+            expires_in = round(token.expiry - self._clock(), 1)
+            result = {"ok": True, "status": "refreshed", "expiresIn": expires_in}
+        worker.poke()
+        return result
+
+    async def _discover(self, worker: _Worker, token: str) -> None:
+        email = worker.email
+        try:
+            with trio.fail_after(DISCOVERY_TIMEOUT_SECONDS):
+                project, tier = await oauth.discover_project(
+                    self.client, self.config.upstream.base_urls, token
+                )
+        except (oauth.OAuthError, trio.TooSlowError) as exc:
+            worker.discovery_failures += 1
+            wait = _backoff(worker.discovery_failures)
+            worker.discovery_retry_at = self._clock() + wait
+            log.warning(
+                "project discovery for %s failed (%s); retrying in %.0fs",
+                account_handle(email), exc or "timed out", wait,
+            )
+            return
+        worker.discovery_failures = 0
+        self.pool.set_project(email, project, tier)
+        await self._persist(email, project_id=project, tier=tier)
+        log.info("account %s uses project %s", account_handle(email), project)
+
+    async def _probe(self, worker: _Worker, token: str, account: Account) -> None:
+        worker.probe_requested = False
+        worker.last_probe = self._clock()
+        interval = self.config.accounts.quota_probe_interval_seconds
+        worker.next_probe = self._clock() + interval
+        body = {"project": account.project_id} if account.project_id else {}
+        failure: UpstreamHTTPError | None = None
+        with trio.move_on_after(PROBE_TIMEOUT_SECONDS):
+            for base_url in self.config.upstream.base_urls:
+                try:
+                    answer = await self.client.call(base_url, "fetchAvailableModels", body, token)
+                except UpstreamHTTPError as exc:
+                    failure = exc
+                    if exc.status == 401:
+                        break
+                    continue
+                self.pool.set_quotas(worker.email, parse_quotas(answer))
+                return
+        if failure is not None and failure.status == 401:
+            # The token died early (revoked session): the next round refreshes it.
+            await self._refresh(worker)
+            return
+        log.info(
+            "quota probe for %s failed (%s)",
+            account_handle(worker.email), failure or "timed out",
+        )
+
+    async def _persist(self, email: str, **changes: Any) -> None:
+        """Write changed fields of `email`'s stored record (atomically, via the store)."""
+
+        def change(accounts: list[Account]) -> list[Account]:
+            return [attrs.evolve(a, **changes) if a.email == email else a for a in accounts]
+
+        try:
+            with trio.CancelScope(shield=True):
+                await self.store.aupdate(change)
+        except (AccountStoreError, OSError) as exc:
+            log.error("could not save account %s: %s", account_handle(email), exc)
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.token_refreshes.labels(result).inc()

@@ -1,0 +1,605 @@
+"""What the emulated models answer, and what they refuse (pure, deterministic).
+
+Given a Cloud Code generation envelope, `check_envelope` raises `UpstreamRefusal` for what
+the real upstream rejects (malformed contents, schema keywords it does not know, output
+limits, forged or missing thought signatures, a Claude tool loop without its thinking), and
+`plan_answer` decides the answer: echoed text, an image count, a tool result summary, a tool
+call with arguments built from the declared schema, a JSON object in JSON mode, thoughts
+when thinking is asked for, cut by stop sequences or `maxOutputTokens`. `stream_chunks` and
+`unary_response` render a plan as the `response` objects the upstream sends. Signatures are
+HMACs under the emulator's key, so they can be checked when a client replays them. The
+Google error bodies (including the 429 flavours the gateway must parse) are built here too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from gateway.translate.cloudcode import SKIP_SIGNATURE
+from gateway.translate.models import ModelInfo
+
+__all__ = [
+    "Plan",
+    "UpstreamRefusal",
+    "check_envelope",
+    "go_duration",
+    "google_error",
+    "plan_answer",
+    "rate_limit_error",
+    "sign",
+    "stream_chunks",
+    "unary_response",
+]
+
+JSONDict = dict[str, Any]
+
+_ECHO_CHARS = 200
+_SAMPLE_STRING = "Paris"
+_CLAUDE_THINKING_MESSAGE = (
+    "messages: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When "
+    "`thinking` is enabled, a final `assistant` message must start with a thinking block."
+)
+# Fields of the upstream's Schema message; anything else in a declaration is refused.
+_SCHEMA_FIELDS = frozenset(
+    {
+        "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",
+        "properties", "required", "minProperties", "maxProperties", "minLength", "maxLength",
+        "pattern", "example", "anyOf", "propertyOrdering", "default", "items", "minimum",
+        "maximum",
+    }
+)
+_TOOL_WORD = re.compile(r"\btools?\b", re.IGNORECASE)
+
+
+class UpstreamRefusal(Exception):
+    """An error answer the upstream would give: HTTP code, google.rpc status, message."""
+
+    def __init__(self, code: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+
+    def body(self) -> JSONDict:
+        return google_error(self.code, self.status, self.message)
+
+
+# -- error bodies ---------------------------------------------------------------------------
+
+
+def google_error(
+    code: int, status: str, message: str, details: Sequence[JSONDict] = ()
+) -> JSONDict:
+    error: JSONDict = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = list(details)
+    return {"error": error}
+
+
+def go_duration(seconds: float) -> str:
+    """`seconds` the way Go prints a time.Duration: "1h2m3s", "1m30s", "3.5s", "500ms"."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{_trim(seconds * 1000)}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{_trim(secs)}s"
+    if minutes:
+        return f"{int(minutes)}m{_trim(secs)}s"
+    return f"{_trim(secs)}s"
+
+
+def _trim(value: float) -> str:
+    return f"{round(value, 3):.3f}".rstrip("0").rstrip(".")
+
+
+def rate_limit_error(
+    *, model: str | None, reset_seconds: float, reset_format: str, quota: bool
+) -> tuple[JSONDict, dict[str, str]]:
+    """A 429 body and its extra headers, saying when the limit resets in `reset_format`.
+
+    `quota` picks the daily-quota flavour (reason QUOTA_EXHAUSTED) over the per-minute one
+    (RATE_LIMIT_EXCEEDED, whose wording avoids "quota" so the two stay distinguishable).
+    """
+    reason = "QUOTA_EXHAUSTED" if quota else "RATE_LIMIT_EXCEEDED"
+    message = (
+        "You have exhausted your capacity on this model."
+        if quota
+        else "Too many requests for this model; slow down."
+    )
+    info: JSONDict = {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": "cloudcode-pa.googleapis.com",
+        "metadata": {"model": model or ""},
+    }
+    details: list[JSONDict] = []
+    headers: dict[str, str] = {}
+    if reset_format == "retry_info":
+        details = [
+            info,
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{_trim(reset_seconds)}s",
+            },
+        ]
+    elif reset_format == "quota_reset_delay":
+        info["metadata"]["quotaResetDelay"] = go_duration(reset_seconds)
+        details = [info]
+    elif reset_format == "retry_after":
+        details = [info]
+        headers["retry-after"] = str(max(0, math.ceil(reset_seconds)))
+    else:  # "text": only the message says it
+        message = (
+            "You have exhausted your capacity on this model. "
+            f"Your quota will reset after {go_duration(reset_seconds)}."
+        )
+    return google_error(429, "RESOURCE_EXHAUSTED", message, details), headers
+
+
+# -- signatures -----------------------------------------------------------------------------
+
+
+def sign(key: bytes, kind: str, payload: str) -> str:
+    """An opaque signature (88 base64 characters) over `kind` and `payload`."""
+    mac = hmac.new(key, f"{kind}\x00{payload}".encode(), hashlib.sha256).digest()
+    return base64.b64encode(mac + hashlib.sha256(mac).digest()).decode("ascii")
+
+
+def _signed(key: bytes, kind: str, payload: str, signature: object) -> bool:
+    return isinstance(signature, str) and hmac.compare_digest(
+        sign(key, kind, payload).encode(), signature.encode()
+    )
+
+
+def _call_payload(call: Mapping[str, Any]) -> str:
+    args = call.get("args", {})
+    return f"{call.get('name', '')}\x00{json.dumps(args, sort_keys=True, separators=(',', ':'))}"
+
+
+# -- envelope checks ------------------------------------------------------------------------
+
+
+def _bad(message: str) -> UpstreamRefusal:
+    return UpstreamRefusal(400, "INVALID_ARGUMENT", message)
+
+
+def is_claude(model: ModelInfo) -> bool:
+    return model.family == "claude"
+
+
+def is_gemini_3(model: ModelInfo) -> bool:
+    return model.id.startswith("gemini-3")
+
+
+def check_envelope(envelope: Mapping[str, Any], *, model: ModelInfo, key: bytes) -> None:
+    """Raise UpstreamRefusal for what the upstream would refuse in this request."""
+    request = envelope.get("request")
+    if not isinstance(request, dict):
+        raise _bad("Invalid JSON payload received. 'request' must be an object.")
+    contents = request.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise _bad("* GenerateContentRequest.contents: contents is not specified")
+    for i, content in enumerate(contents):
+        if not isinstance(content, dict) or content.get("role") not in ("user", "model"):
+            raise _bad(f"* GenerateContentRequest.contents[{i}].role: must be user or model")
+        parts = content.get("parts")
+        if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+            raise _bad(f"* GenerateContentRequest.contents[{i}].parts: must not be empty")
+    if is_claude(model):
+        roles = [c["role"] for c in contents]
+        if roles[0] != "user" or any(a == b for a, b in itertools.pairwise(roles)):
+            raise _bad("messages: roles must alternate between \"user\" and \"assistant\", "
+                       "starting with \"user\"")
+    _check_tools(request)
+    generation = request.get("generationConfig")
+    generation = generation if isinstance(generation, dict) else {}
+    max_out = generation.get("maxOutputTokens")
+    if isinstance(max_out, int) and max_out > model.max_output_tokens:
+        raise _bad(
+            f"max_tokens: {max_out} > {model.max_output_tokens}, which is the maximum "
+            f"allowed number of output tokens for {model.id}"
+        )
+    budget = _thinking_budget(generation.get("thinkingConfig"))
+    if is_claude(model) and budget is not None and isinstance(max_out, int) and budget >= max_out:
+        raise _bad("`max_tokens` must be greater than `thinking.budget_tokens`")
+    _check_signatures(contents, model=model, key=key,
+                      thinking=wants_thoughts(generation.get("thinkingConfig"), model))
+
+
+def _check_tools(request: Mapping[str, Any]) -> None:
+    tools = request.get("tools", [])
+    if not isinstance(tools, list):
+        raise _bad("Invalid JSON payload received. 'tools' must be a list.")
+    for t, tool in enumerate(tools):
+        declarations = tool.get("functionDeclarations", []) if isinstance(tool, dict) else None
+        if not isinstance(declarations, list):
+            raise _bad(f"tools[{t}].function_declarations must be a list")
+        for d, declaration in enumerate(declarations):
+            where = f"request.tools[{t}].function_declarations[{d}]"
+            if not isinstance(declaration, dict) or not isinstance(declaration.get("name"), str):
+                raise _bad(f"* GenerateContentRequest.{where}.name: name is required")
+            parameters = declaration.get("parameters")
+            if parameters is not None:
+                _check_schema(parameters, f"{where}.parameters")
+
+
+def _check_schema(schema: Any, where: str) -> None:
+    if not isinstance(schema, dict):
+        raise _bad(f"Invalid JSON payload received. Schema at '{where}' is not an object.")
+    for name, value in schema.items():
+        if name not in _SCHEMA_FIELDS:
+            raise _bad(
+                f'Invalid JSON payload received. Unknown name "{name}" at \'{where}\': '
+                "Cannot find field."
+            )
+        if name == "properties":
+            if not isinstance(value, dict):
+                raise _bad(f"'{where}.properties' must be an object")
+            for prop, sub in value.items():
+                _check_schema(sub, f"{where}.properties[{prop}].value")
+        elif name == "items":
+            _check_schema(value, f"{where}.items")
+        elif name == "anyOf" and isinstance(value, list):
+            for i, sub in enumerate(value):
+                _check_schema(sub, f"{where}.any_of[{i}]")
+    if str(schema.get("type", "")).lower() == "object" and "properties" in schema and not (
+        schema["properties"]
+    ):
+        raise _bad(f"* GenerateContentRequest.{where}.properties: should be non-empty for "
+                   "OBJECT type")
+
+
+def _check_signatures(
+    contents: Sequence[Mapping[str, Any]], *, model: ModelInfo, key: bytes, thinking: bool
+) -> None:
+    for content in contents:
+        if content["role"] != "model":
+            continue
+        for part in content["parts"]:
+            signature = part.get("thoughtSignature")
+            if is_claude(model) and part.get("thought") is True:
+                text = part.get("text", "")
+                if not _signed(key, "thought", text if isinstance(text, str) else "", signature):
+                    raise _bad("messages: Invalid `signature` in `thinking` block")
+            call = part.get("functionCall")
+            if is_gemini_3(model) and isinstance(call, dict):
+                if signature == SKIP_SIGNATURE:
+                    continue
+                if not _signed(key, "call", _call_payload(call), signature):
+                    raise _bad(
+                        "Function call is missing a thought_signature in functionCall parts. "
+                        "This is required for tools to work correctly."
+                    )
+    if is_claude(model) and thinking:
+        last_model = next((c for c in reversed(contents) if c["role"] == "model"), None)
+        if last_model is not None and contents[-1]["role"] == "user":
+            parts = last_model["parts"]
+            has_call = any("functionCall" in p for p in parts)
+            if has_call and parts[0].get("thought") is not True:
+                raise _bad(_CLAUDE_THINKING_MESSAGE)
+
+
+def _thinking_budget(config: Any) -> int | None:
+    if not isinstance(config, dict):
+        return None
+    budget = config.get("thinkingBudget", config.get("thinking_budget"))
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+
+
+def wants_thoughts(config: Any, model: ModelInfo) -> bool:
+    """True when the request asks to see the model's thoughts (and the model thinks)."""
+    if not model.thinking or not isinstance(config, dict):
+        return False
+    for key in ("includeThoughts", "include_thoughts"):
+        if key in config:
+            return config[key] is True
+    budget = _thinking_budget(config)
+    return (budget is not None and budget > 0) or bool(
+        config.get("thinkingLevel") or config.get("thinking_level")
+    )
+
+
+# -- the answer -----------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Plan:
+    """What the model says, before it is cut into chunks."""
+
+    thought: str  # "" when not thinking
+    thought_signature: str | None  # Claude signs its thinking
+    text: str
+    text_signature: str | None  # Gemini 3 signs its first text part when it thinks
+    calls: tuple[JSONDict, ...]  # whole functionCall parts (with their signature if any)
+    finish_reason: str
+    usage: JSONDict
+
+
+def plan_answer(
+    envelope: Mapping[str, Any],
+    *,
+    model: ModelInfo,
+    key: bytes,
+    prompt_tokens: int,
+    cached_tokens: int,
+    chunk_chars: int | None,
+    call_id_prefix: str,
+) -> Plan:
+    """The answer to a checked envelope (see `check_envelope`)."""
+    request: Mapping[str, Any] = envelope["request"]
+    contents: list[Mapping[str, Any]] = request["contents"]
+    last = next((c for c in reversed(contents) if c["role"] == "user"), contents[-1])
+    parts: list[Mapping[str, Any]] = last["parts"]
+    responses = [p["functionResponse"] for p in parts if isinstance(p.get("functionResponse"),
+                                                                     dict)]
+    user_text = " ".join(
+        p["text"] for p in parts if isinstance(p.get("text"), str) and p.get("thought") is not True
+    ).strip()
+    images = sum(
+        1
+        for p in parts
+        if isinstance(p.get("inlineData"), dict)
+        and str(p["inlineData"].get("mimeType", "")).startswith("image/")
+    )
+    generation = request.get("generationConfig")
+    generation = generation if isinstance(generation, dict) else {}
+    thinking = wants_thoughts(generation.get("thinkingConfig"), model)
+
+    calls = _calls(request, user_text, has_results=bool(responses))
+    call_parts: list[JSONDict] = []
+    for i, (name, args) in enumerate(calls):
+        call: JSONDict = {"name": name, "args": args}
+        if is_claude(model):
+            call["id"] = f"{call_id_prefix}{i}"
+        part: JSONDict = {"functionCall": call}
+        if i == 0 and is_gemini_3(model):
+            part["thoughtSignature"] = sign(key, "call", _call_payload(call))
+        call_parts.append(part)
+
+    finish = "STOP"
+    text = ""
+    if not call_parts:
+        text = _text(request, model, user_text, images, responses, chunk_chars)
+        text, finish = _cut(text, generation)
+
+    thought = ""
+    thought_signature = None
+    if thinking:
+        thought = f"The user wrote: {user_text[:100]!r}. I will answer briefly."
+        if is_claude(model):
+            thought_signature = sign(key, "thought", thought)
+    text_signature = None
+    if thinking and is_gemini_3(model) and not call_parts and text:
+        text_signature = sign(key, "text", text)
+
+    candidates = _tokens(text) + sum(_tokens(json.dumps(p["functionCall"])) for p in call_parts)
+    thoughts = _tokens(thought)
+    usage: JSONDict = {
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": prompt_tokens + candidates + thoughts,
+    }
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
+    if cached_tokens:
+        usage["cachedContentTokenCount"] = cached_tokens
+    return Plan(thought, thought_signature, text, text_signature, tuple(call_parts), finish,
+                usage)
+
+
+def _tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def _text(
+    request: Mapping[str, Any],
+    model: ModelInfo,
+    user_text: str,
+    images: int,
+    responses: Sequence[Mapping[str, Any]],
+    chunk_chars: int | None,
+) -> str:
+    schema = _json_mode(request, model)
+    if schema is not None:
+        value = _sample(schema, "", all_properties=True) if schema else {"echo": user_text}
+        if not isinstance(value, dict):
+            value = {"echo": user_text}
+        return json.dumps(value)
+    if responses:
+        text = " ".join(
+            f"Tool {r.get('name', '')} returned: "
+            + _clip(json.dumps(r.get("response", {}), ensure_ascii=False))
+            for r in responses
+        )
+    else:
+        text = ("Echo: " + _clip(user_text)) if user_text or not images else ""
+        if images:
+            seen = f"I see {images} image(s)."
+            text = f"{seen} {text}" if text else seen
+    if chunk_chars is not None:
+        if chunk_chars == 0:
+            return ""
+        base = text + " "
+        text = (base * (chunk_chars // len(base) + 1))[:chunk_chars]
+    return text
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS]
+
+
+def _json_mode(request: Mapping[str, Any], model: ModelInfo) -> JSONDict | None:
+    """The response schema in JSON mode ({} when there is none); None when not JSON mode."""
+    generation = request.get("generationConfig")
+    generation = generation if isinstance(generation, dict) else {}
+    if generation.get("responseMimeType") == "application/json":
+        schema = generation.get("responseSchema")
+        return schema if isinstance(schema, dict) else {}
+    if is_claude(model):
+        # Claude has no JSON mode upstream; it follows a system instruction asking for JSON.
+        system = request.get("systemInstruction")
+        parts = system.get("parts", []) if isinstance(system, dict) else []
+        text = " ".join(p.get("text", "") for p in parts if isinstance(p, dict))
+        if "JSON object" in text:
+            _, found, rest = text.partition("JSON Schema: ")
+            if found:
+                try:
+                    schema, _ = json.JSONDecoder().raw_decode(rest)
+                except ValueError:
+                    schema = {}
+                return schema if isinstance(schema, dict) else {}
+            return {}
+    return None
+
+
+def _cut(text: str, generation: Mapping[str, Any]) -> tuple[str, str]:
+    finish = "STOP"
+    stops = generation.get("stopSequences")
+    if isinstance(stops, list):
+        found = [text.find(s) for s in stops if isinstance(s, str) and s and s in text]
+        if found:
+            text = text[: min(found)]
+    max_out = generation.get("maxOutputTokens")
+    if isinstance(max_out, int) and not isinstance(max_out, bool) and _tokens(text) > max_out:
+        text = text[: max(0, max_out) * 4]
+        finish = "MAX_TOKENS"
+    return text, finish
+
+
+def _calls(
+    request: Mapping[str, Any], user_text: str, *, has_results: bool
+) -> list[tuple[str, JSONDict]]:
+    declarations = [
+        d
+        for tool in request.get("tools", []) or []
+        if isinstance(tool, dict)
+        for d in tool.get("functionDeclarations", []) or []
+        if isinstance(d, dict) and isinstance(d.get("name"), str)
+    ]
+    if not declarations or has_results:
+        return []
+    config = request.get("toolConfig")
+    calling = config.get("functionCallingConfig") if isinstance(config, dict) else None
+    calling = calling if isinstance(calling, dict) else {}
+    mode = str(calling.get("mode", "AUTO")).upper()
+    if mode == "NONE":
+        return []
+    by_name = {d["name"]: d for d in declarations}
+    named = [d for d in declarations if d["name"] in user_text]
+    allowed = [n for n in calling.get("allowedFunctionNames", []) or [] if n in by_name]
+    if mode == "ANY":
+        chosen = by_name[allowed[0]] if allowed else (named or declarations)[0]
+    elif named or _TOOL_WORD.search(user_text):
+        chosen = (named or declarations)[0]
+    else:
+        return []
+    parameters = chosen.get("parameters")
+    args = _sample(parameters, "", all_properties=False) if isinstance(parameters, dict) else {}
+    args = args if isinstance(args, dict) else {}
+    count = 2 if "parallel" in user_text.lower() else 1
+    return [(chosen["name"], dict(args)) for _ in range(count)]
+
+
+def _sample(schema: Mapping[str, Any], name: str, *, all_properties: bool) -> Any:
+    """A value satisfying `schema`: its required properties (or all, for JSON answers)."""
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = str(schema.get("type", "object" if "properties" in schema else "string")).lower()
+    if kind in ("integer", "number"):
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        items = schema.get("items")
+        return [_sample(items, name, all_properties=all_properties)] if isinstance(
+            items, dict
+        ) else []
+    if kind == "object":
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        required = [r for r in schema.get("required", []) or [] if r in properties]
+        keys: Iterable[str] = required or (properties if all_properties else ())
+        return {
+            k: _sample(properties[k], k, all_properties=all_properties)
+            if isinstance(properties[k], dict)
+            else _SAMPLE_STRING
+            for k in keys
+        }
+    if kind == "null":
+        return None
+    return _SAMPLE_STRING
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _response(parts: list[JSONDict], *, model_id: str, response_id: str) -> JSONDict:
+    return {
+        "candidates": [{"content": {"role": "model", "parts": parts}}],
+        "modelVersion": model_id,
+        "responseId": response_id,
+    }
+
+
+def _finish(response: JSONDict, plan: Plan) -> JSONDict:
+    response["candidates"][0]["finishReason"] = plan.finish_reason
+    response["usageMetadata"] = plan.usage
+    return response
+
+
+def stream_chunks(
+    plan: Plan, *, text_chunks: int, model_id: str, response_id: str
+) -> list[JSONDict]:
+    """The `response` objects of a streamed answer; the last has finishReason and usage."""
+    parts_per_chunk: list[list[JSONDict]] = []
+    if plan.thought:
+        half = len(plan.thought) // 2
+        second: JSONDict = {"text": plan.thought[half:], "thought": True}
+        if plan.thought_signature:
+            second["thoughtSignature"] = plan.thought_signature
+        parts_per_chunk += [[{"text": plan.thought[:half], "thought": True}], [second]]
+    if plan.calls:
+        parts_per_chunk.append([dict(p) for p in plan.calls])
+    else:
+        n = max(1, text_chunks)
+        size = len(plan.text)
+        for i in range(n):
+            piece: JSONDict = {"text": plan.text[i * size // n : (i + 1) * size // n]}
+            if i == 0 and plan.text_signature:
+                piece["thoughtSignature"] = plan.text_signature
+            parts_per_chunk.append([piece])
+    chunks = [_response(p, model_id=model_id, response_id=response_id) for p in parts_per_chunk]
+    _finish(chunks[-1], plan)
+    return chunks
+
+
+def unary_response(plan: Plan, *, model_id: str, response_id: str) -> JSONDict:
+    """The whole answer in one `response` object, as generateContent returns it."""
+    parts: list[JSONDict] = []
+    if plan.thought:
+        thought: JSONDict = {"text": plan.thought, "thought": True}
+        if plan.thought_signature:
+            thought["thoughtSignature"] = plan.thought_signature
+        parts.append(thought)
+    if plan.calls:
+        parts.extend(dict(p) for p in plan.calls)
+    else:
+        text: JSONDict = {"text": plan.text}
+        if plan.text_signature:
+            text["thoughtSignature"] = plan.text_signature
+        parts.append(text)
+    return _finish(_response(parts, model_id=model_id, response_id=response_id), plan)

@@ -1,0 +1,458 @@
+"""The dispatcher: which account and endpoint serve a request, and what to do when one fails.
+
+`Dispatcher.open_stream` picks an account from the pool, builds the upstream body for its
+project, and opens `streamGenerateContent` on each base URL in order (daily, then prod). It
+reads ahead to the first payload with content before handing the stream over, so every
+failure that can still be hidden is: a 429 cools the account for that model (for as long as
+the upstream says) and fails over to another account, waiting out a short cooldown when
+every account cools; a 401 gets one token renewal and a retry on the same account; a 403
+fails over; a 404 moves to the next endpoint; 5xx, transport errors and empty streams are
+retried with jittered exponential backoff, then fail over; a 400 is the request's own fault
+and is answered at once. What cannot be hidden becomes one `errors.GatewayError`. Once a
+payload has been handed over, errors propagate: it is too late to fail over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+
+from gateway import errors
+from gateway.accounts.model import Account, account_handle
+from gateway.accounts.pool import AccountPool
+from gateway.accounts.supervisor import Supervisor
+from gateway.config import Config
+from gateway.translate.cloudcode import EmptyUpstreamResponse, upstream_error
+from gateway.translate.models import ModelInfo, infer_model
+from gateway.upstream.client import CloudCodeClient, UpstreamHTTPError
+from gateway.upstream.ratelimit import reset_seconds
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.dispatch")
+
+Payload = dict[str, Any]
+BuildBody = Callable[[str, ModelInfo], dict[str, Any]]
+
+# A 429 that does not say how long: long enough not to hammer, short enough to recover.
+DEFAULT_COOLDOWN_SECONDS = 60.0
+MIN_COOLDOWN_SECONDS = 1.0
+# The same account rate-limiting one request this often is left out of it.
+MAX_RATE_LIMITS_PER_ACCOUNT = 3
+
+_INVALID_STATUSES = frozenset({400, 413, 422})
+_GOOGLE_STATUS_CODES = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+@attrs.frozen(slots=True)
+class UpstreamStream:
+    """An opened upstream answer: who serves it and its payloads (first one already read)."""
+
+    account_handle: str
+    email: str
+    model: ModelInfo  # the model actually serving; differs from the request after a fallback
+    base_url: str
+    payloads: AsyncIterator[Payload] = attrs.field(repr=False)
+
+
+FailoverKind = Literal["rate_limited", "auth", "forbidden", "not_found", "transient", "no_token"]
+
+
+class _Failover(Exception):
+    """This account cannot serve the request; another may."""
+
+    def __init__(self, kind: FailoverKind, error: errors.GatewayError | None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.error = error
+
+
+class _EmptyStream(UpstreamHTTPError):
+    """A 200 stream that ended before any content: retried like a 5xx."""
+
+
+class Dispatcher:
+    """Opens upstream streams with account selection, retries and failover."""
+
+    def __init__(
+        self,
+        pool: AccountPool,
+        supervisor: Supervisor,
+        client: CloudCodeClient,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.pool = pool
+        self.supervisor = supervisor
+        self.client = client
+        self.config = config
+        self.metrics = metrics
+        self._clock = clock
+        self._jitter = jitter
+
+    @asynccontextmanager
+    async def open_stream(
+        self, *, model: ModelInfo, session_id: str, build_body: BuildBody
+    ) -> AsyncIterator[UpstreamStream]:
+        """Open the upstream stream for `model`; raises `errors.GatewayError` if none opens.
+
+        Leaving the context (normally, by error or by cancellation) closes the upstream
+        connection. A normal exit records the account's success.
+        """
+        async with AsyncExitStack() as stack:
+            stream = await self._open(stack, model, session_id, build_body)
+            yield stream
+            self.pool.success(stream.email, stream.model.id)
+
+    # -- models ----------------------------------------------------------------------------
+
+    async def _open(
+        self, stack: AsyncExitStack, model: ModelInfo, session_id: str, build_body: BuildBody
+    ) -> UpstreamStream:
+        fallbacks = self.config.upstream.model_fallbacks
+        tried = {model.id}
+        current = model
+        while True:
+            fallback = fallbacks.get(current.id)
+            usable_fallback = fallback if fallback and fallback not in tried else None
+            try:
+                return await self._open_model(
+                    stack, current, session_id, build_body, may_wait=usable_fallback is None
+                )
+            except errors.RateLimited:
+                if usable_fallback is None:
+                    raise
+                log.info("every account is rate-limited for %s; falling back to %s",
+                         current.id, usable_fallback)
+                tried.add(usable_fallback)
+                current = infer_model(usable_fallback)
+
+    # -- accounts --------------------------------------------------------------------------
+
+    async def _open_model(
+        self,
+        stack: AsyncExitStack,
+        model: ModelInfo,
+        session_id: str,
+        build_body: BuildBody,
+        *,
+        may_wait: bool,
+    ) -> UpstreamStream:
+        exclude: set[str] = set()
+        rate_limits: dict[str, int] = {}
+        failures: list[_Failover] = []
+        waited = 0.0
+        max_wait = self.config.accounts.max_cooldown_wait_seconds
+        while True:
+            pick = self.pool.pick(model.id, session_id, frozenset(exclude))
+            if pick is None:
+                raise self._exhausted(model, failures, rate_limits)
+            if pick.wait_seconds > 0:
+                if not may_wait or waited + pick.wait_seconds > max_wait:
+                    raise _all_rate_limited(model, pick.wait_seconds)
+                log.info("every account is cooling for %s; waiting %.1fs",
+                         model.id, pick.wait_seconds)
+                await trio.sleep(pick.wait_seconds)
+                waited += pick.wait_seconds
+                continue
+            try:
+                return await self._on_account(stack, pick.account, model, build_body)
+            except _Failover as failover:
+                failures.append(failover)
+                email = pick.email
+                log.info("account %s cannot serve %s (%s); trying another",
+                         account_handle(email), model.id, failover.kind)
+                if failover.kind == "rate_limited":
+                    rate_limits[email] = rate_limits.get(email, 0) + 1
+                    if rate_limits[email] >= MAX_RATE_LIMITS_PER_ACCOUNT:
+                        exclude.add(email)
+                else:
+                    exclude.add(email)
+
+    def _exhausted(
+        self, model: ModelInfo, failures: list[_Failover], rate_limits: Mapping[str, int]
+    ) -> errors.GatewayError:
+        """The error for a request no remaining account could serve."""
+        kinds = {f.kind for f in failures}
+        if not failures or kinds == {"no_token"}:
+            return errors.NoAccounts(
+                "no account is ready: access tokens (or Cloud Code projects) are still being "
+                "fetched or failing; see the gateway log, or POST /refresh-token"
+            )
+        if "rate_limited" in kinds:
+            waits = [self.pool.cooldown_remaining(email, model.id) for email in rate_limits]
+            return _all_rate_limited(model, max(MIN_COOLDOWN_SECONDS, min(waits)))
+        if kinds <= {"not_found", "no_token"}:
+            return errors.UnknownModel(
+                f"model '{model.id}' is not served by the upstream", param="model"
+            )
+        if kinds <= {"forbidden", "no_token", "not_found"}:
+            # Every account may call Cloud Code but none this: a permission, not credentials.
+            forbidden = next(f.error for f in reversed(failures) if f.kind == "forbidden")
+            return errors.PermissionDenied(
+                forbidden.message if forbidden is not None else "the upstream denied permission"
+            )
+        if kinds <= {"auth", "forbidden", "no_token", "not_found"}:
+            return errors.UpstreamAuthError(
+                "the upstream rejected every account's credentials; re-add the accounts "
+                "with `gateway accounts add` or check their access to Cloud Code"
+            )
+        for failover in reversed(failures):
+            if failover.kind == "transient" and failover.error is not None:
+                return failover.error
+        last = failures[-1].error
+        return last if last is not None else errors.UpstreamError("the upstream failed")
+
+    async def _on_account(
+        self, stack: AsyncExitStack, account: Account, model: ModelInfo, build_body: BuildBody
+    ) -> UpstreamStream:
+        """Open the stream on one account, across base URLs and retries; or fail over."""
+        email = account.email
+        token = self.supervisor.access_token(email)
+        if token is None or not account.project_id:
+            # Not ready yet (its token or project is still being fetched): others may be.
+            raise _Failover("no_token", None)
+        body = build_body(account.project_id, model)
+        urls = self.config.upstream.base_urls
+        renewed = False
+        retries = 0
+        while True:
+            transient: UpstreamHTTPError | None = None
+            index = 0
+            while index < len(urls):
+                base_url = urls[index]
+                try:
+                    return await self._attempt(stack, account, model, base_url, body, token)
+                except UpstreamHTTPError as exc:
+                    self._count_error(exc)
+                    status = exc.status
+                    if status == 429:
+                        raise self._rate_limited(email, model, exc) from None
+                    if status == 401:
+                        if not renewed:
+                            renewed = True
+                            fresh = await self.supervisor.renew_token(email, token)
+                            if fresh is not None:
+                                token = fresh
+                                continue  # same base URL, new token
+                        self.pool.failure(email)
+                        raise _Failover("auth", _mapped(exc, errors.UpstreamAuthError)) from None
+                    if status == 403:
+                        self.pool.failure(email)
+                        denied = _mapped(exc, errors.PermissionDenied)
+                        raise _Failover("forbidden", denied) from None
+                    if status in _INVALID_STATUSES:
+                        raise _mapped(exc, errors.UpstreamInvalidRequest) from None
+                    if status != 404:
+                        transient = exc
+                index += 1
+            if transient is None:  # every endpoint answered 404
+                raise _Failover("not_found", None)
+            if retries >= self.config.upstream.max_retries:
+                self.pool.failure(email)
+                raise _Failover("transient", _transient_error(transient))
+            delay = self.config.upstream.retry_backoff_seconds * 2**retries
+            retries += 1
+            log.info("upstream %s on account %s; retry %d in %.2fs",
+                     transient.status or transient.body, account_handle(email), retries, delay)
+            await trio.sleep(delay * (0.5 + self._jitter()))
+
+    def _rate_limited(self, email: str, model: ModelInfo, exc: UpstreamHTTPError) -> _Failover:
+        seconds = reset_seconds(exc.body, exc.headers, now=self._clock())
+        cooldown = DEFAULT_COOLDOWN_SECONDS if seconds is None else seconds
+        cooldown = max(MIN_COOLDOWN_SECONDS, cooldown)
+        self.pool.cooldown(email, model.id, cooldown)
+        self.supervisor.request_probe(email)
+        log.info("account %s is rate-limited for %s for %.1fs",
+                 account_handle(email), model.id, cooldown)
+        return _Failover("rate_limited", _all_rate_limited(model, cooldown))
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    async def _attempt(
+        self,
+        stack: AsyncExitStack,
+        account: Account,
+        model: ModelInfo,
+        base_url: str,
+        body: dict[str, Any],
+        token: str,
+    ) -> UpstreamStream:
+        """Open one stream and read to its first payload with content, within the deadline.
+
+        On success the open stream joins `stack` (closed when the caller's context ends);
+        on any failure it is closed here.
+        """
+        attempt = AsyncExitStack()
+        started = trio.current_time()
+        handed_over = False
+        try:
+            with trio.move_on_after(self.config.upstream.read_timeout_seconds) as deadline:
+                payloads = await attempt.enter_async_context(
+                    self.client.stream(base_url, body, token)
+                )
+                attempt.push_async_callback(_aclose, payloads)
+                buffered = await _peek(payloads, base_url)
+            if deadline.cancelled_caught:
+                raise UpstreamHTTPError(0, "timeout", base_url=base_url)
+            replay = _replay(buffered, payloads)
+            attempt.push_async_callback(replay.aclose)
+            stack.push_async_exit(attempt)
+            handed_over = True
+        finally:
+            if not handed_over:
+                with trio.CancelScope(shield=True):
+                    await attempt.aclose()
+        if self.metrics is not None:
+            self.metrics.upstream_latency.observe(trio.current_time() - started)
+        return UpstreamStream(
+            account_handle=account_handle(account.email),
+            email=account.email,
+            model=model,
+            base_url=base_url,
+            payloads=replay,
+        )
+
+    def _count_error(self, exc: UpstreamHTTPError) -> None:
+        if self.metrics is not None:
+            label = "empty" if isinstance(exc, _EmptyStream) else str(exc.status)
+            self.metrics.upstream_errors.labels(label).inc()
+
+
+# -- payloads ------------------------------------------------------------------------------
+
+
+async def _aclose(iterator: AsyncIterator[Payload]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _error_of(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    inner = payload.get("response")
+    body = inner if isinstance(inner, Mapping) else payload
+    error = body.get("error", payload.get("error"))
+    return error if isinstance(error, Mapping) else None
+
+
+def _has_content(payload: Mapping[str, Any]) -> bool:
+    """Whether the payload says anything: parts, a finish reason or a block."""
+    inner = payload.get("response")
+    body = inner if isinstance(inner, Mapping) else payload
+    candidates = body.get("candidates")
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], Mapping):
+        candidate = candidates[0]
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, Mapping) else None
+        if isinstance(parts, list) and parts:
+            return True
+        if candidate.get("finishReason"):
+            return True
+    feedback = body.get("promptFeedback")
+    return isinstance(feedback, Mapping) and bool(feedback.get("blockReason"))
+
+
+async def _peek(payloads: AsyncIterator[Payload], base_url: str) -> list[Payload]:
+    """Payloads up to and including the first with content; errors in them raised as HTTP."""
+    buffered: list[Payload] = []
+    async for payload in payloads:
+        error = _error_of(payload)
+        if error is not None:
+            raise _error_as_http(error, base_url)
+        buffered.append(payload)
+        if _has_content(payload):
+            return buffered
+    raise _EmptyStream(0, "empty response", base_url=base_url)
+
+
+async def _replay(
+    buffered: list[Payload], payloads: AsyncIterator[Payload]
+) -> AsyncGenerator[Payload, None]:
+    for payload in buffered:
+        yield payload
+    async for payload in payloads:
+        error = _error_of(payload)
+        if error is not None:
+            raise upstream_error(error)
+        yield payload
+
+
+def _error_as_http(error: Mapping[str, Any], base_url: str) -> UpstreamHTTPError:
+    """An error inside a 200 stream, as the HTTP error it stands for (so it fails over)."""
+    code = error.get("code")
+    status = code if isinstance(code, int) and not isinstance(code, bool) and code >= 400 else 0
+    if not status:
+        status = _GOOGLE_STATUS_CODES.get(str(error.get("status", "")), 500)
+    return UpstreamHTTPError(status, json.dumps({"error": dict(error)}), {}, base_url)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def _google_error(body: str) -> Mapping[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def _message(exc: UpstreamHTTPError) -> str:
+    error = _google_error(exc.body)
+    if error is not None:
+        return upstream_error(error).message
+    if exc.status == 0:
+        return f"upstream unreachable ({exc.body})" if exc.body else "upstream unreachable"
+    text = " ".join(exc.body.split())[:300]
+    return f"upstream answered {exc.status}" + (f": {text}" if text else "")
+
+
+def _mapped(exc: UpstreamHTTPError, kind: type[errors.GatewayError]) -> errors.GatewayError:
+    return kind(_message(exc))
+
+
+def _transient_error(exc: UpstreamHTTPError) -> errors.GatewayError:
+    message = _message(exc)
+    if isinstance(exc, _EmptyStream):
+        return EmptyUpstreamResponse("upstream returned an empty response")
+    if exc.status in (503, 529):
+        return errors.Overloaded(message)
+    if exc.status == 504 or (exc.status == 0 and exc.body in ("timeout", "stream stalled")):
+        return errors.UpstreamTimeout(
+            message if exc.status else "upstream timed out: no answer within the read timeout"
+        )
+    return errors.UpstreamError(message)
+
+
+def _all_rate_limited(model: ModelInfo, retry_after: float) -> errors.RateLimited:
+    seconds = max(1, math.ceil(retry_after))
+    return errors.RateLimited(
+        f"every account is rate-limited for {model.id}; retry in {seconds}s",
+        retry_after=retry_after,
+    )

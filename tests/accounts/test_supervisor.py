@@ -1,0 +1,283 @@
+"""The supervisor against the emulator over a real socket: refresh, invalid grants,
+project discovery, quota probes and manual refreshes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from gateway.accounts.model import Account
+from gateway.accounts.pool import AccountPool
+from gateway.accounts.store import AccountStore
+from gateway.accounts.supervisor import Supervisor, parse_quotas
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.upstream.client import CloudCodeClient, make_http_client
+from tests.support import RunningEmulator, fast_config
+
+DEMO1 = "demo1@example.com"
+DEMO2 = "demo2@example.com"
+
+
+@attrs.define
+class Rig:
+    config: Config
+    store: AccountStore
+    pool: AccountPool
+    supervisor: Supervisor
+    metrics: Metrics
+    http: httpx.AsyncClient
+    scope: trio.CancelScope
+
+
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def make_rig(
+    nursery: trio.Nursery, emulator: RunningEmulator, tmp_path: Path
+) -> AsyncIterator[MakeRig]:
+    from gateway.cli import demo_config, write_demo_accounts
+
+    made: list[Rig] = []
+
+    async def make(
+        *,
+        stored: list[Account] | None = None,
+        start: bool = True,
+        startup_wait_seconds: float = 10.0,
+        **sections: dict[str, Any],
+    ) -> Rig:
+        path = str(tmp_path / f"accounts-{len(made)}.json")
+        if stored is None:
+            await write_demo_accounts(path)
+        else:
+            await AccountStore(path).asave(stored)
+        config = fast_config(
+            demo_config(Config(), emulator.url, path),
+            upstream={"retry_backoff_seconds": 0.01, **sections.pop("upstream", {})},
+            **sections,
+        )
+        store = AccountStore(path)
+        http = make_http_client(config.upstream)
+        client = CloudCodeClient(http, config.upstream)
+        pool = AccountPool(await store.aload(), selection=config.accounts.selection)
+        metrics = Metrics()
+        supervisor = Supervisor(
+            pool=pool, store=store, client=client, config=config, metrics=metrics,
+            probe_min_gap_seconds=0.0, startup_wait_seconds=startup_wait_seconds,
+        )
+        rig = Rig(config, store, pool, supervisor, metrics, http, trio.CancelScope())
+        made.append(rig)
+        if start:
+            await start_supervisor(nursery, rig)
+        return rig
+
+    yield make
+    for rig in made:
+        rig.scope.cancel()
+        await rig.http.aclose()
+
+
+async def start_supervisor(nursery: trio.Nursery, rig: Rig) -> None:
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with rig.scope:
+            await rig.supervisor.run(task_status=task_status)
+
+    await nursery.start(run)
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    # The supervisor publishes state, not events; a test watches the state change.
+    with trio.fail_after(seconds):
+        while not check():
+            await trio.sleep(0.02)
+
+
+def _entry(rig: Rig, email: str) -> Any:
+    return next(e for e in rig.pool.snapshot().entries if e.email == email)
+
+
+def _token_requests(emulator: RunningEmulator) -> int:
+    return sum(1 for r in emulator.state.received if r.path.rstrip("/").endswith("/token"))
+
+
+async def test_started_means_every_account_has_a_token(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    snap = rig.pool.snapshot()
+    assert snap.accounts == 2 and snap.active_accounts == 2
+    for email in (DEMO1, DEMO2):
+        token = rig.supervisor.access_token(email)
+        assert token is not None and token.startswith("ya29.")
+        assert _entry(rig, email).token_expires_in > 3000
+    assert rig.metrics.token_refreshes.labels("ok")._value.get() == 2
+
+
+async def test_token_is_refreshed_before_it_expires(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    emulator.state.token_lifetime_seconds = 2
+    rig = await make_rig(accounts={"refresh_margin_seconds": 1.0})
+    first = rig.supervisor.access_token(DEMO1)
+    assert first is not None
+    # refreshed a second before expiry; the old token never lapses in the pool
+    with trio.fail_after(3):
+        while rig.supervisor.access_token(DEMO1) in (first, None):
+            assert rig.supervisor.access_token(DEMO1) is not None
+            await trio.sleep(0.05)
+    assert emulator.state.email_for_access_token(rig.supervisor.access_token(DEMO1)) == DEMO1
+
+
+async def test_invalid_grant_marks_the_account_invalid_and_persists_it(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    from gateway.emulator import Fault
+
+    emulator.state.add_fault(Fault(kind="invalid_grant", account=DEMO2))
+    rig = await make_rig()
+    assert _entry(rig, DEMO2).status == "invalid"
+    assert _entry(rig, DEMO1).status == "ok"
+    assert rig.supervisor.access_token(DEMO2) is None
+    stored = {a.email: a for a in await rig.store.aload()}
+    assert stored[DEMO2].invalid_reason == "invalid_grant"
+    assert stored[DEMO1].invalid_reason is None
+    assert rig.pool.snapshot().active_accounts == 1
+
+
+async def test_refresh_now_reports_and_revives(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    from gateway.emulator import Fault
+
+    emulator.state.add_fault(Fault(kind="invalid_grant", account=DEMO2, times=1))
+    rig = await make_rig()
+    assert _entry(rig, DEMO2).status == "invalid"
+    before = rig.supervisor.access_token(DEMO1)
+    results = await rig.supervisor.refresh_now()
+    assert set(results) == {DEMO1, DEMO2}
+    assert results[DEMO1]["status"] == "refreshed" and results[DEMO1]["expiresIn"] > 3000
+    assert results[DEMO1]["ok"] is True
+    # the grant works again (the fault was used up): the account is back, on disk too
+    assert results[DEMO2]["status"] == "refreshed"
+    assert rig.supervisor.access_token(DEMO1) != before
+    assert _entry(rig, DEMO2).status == "ok"
+    stored = {a.email: a for a in await rig.store.aload()}
+    assert stored[DEMO2].invalid_reason is None
+
+    one = await rig.supervisor.refresh_now(DEMO1)
+    assert list(one) == [DEMO1]
+    emulator.state.revoke(DEMO1)
+    dead = await rig.supervisor.refresh_now(DEMO1)
+    assert dead[DEMO1]["status"] == "invalid" and dead[DEMO1]["ok"] is False
+
+
+async def test_project_is_discovered_and_persisted(make_rig: MakeRig) -> None:
+    accounts = [
+        Account(DEMO1, "demo-refresh-1"),  # no project yet
+        Account(DEMO2, "demo-refresh-2", project_id="demo-project-2"),
+    ]
+    rig = await make_rig(stored=accounts)
+    await eventually(lambda: rig.pool.account(DEMO1).project_id is not None)
+    assert rig.pool.account(DEMO1).project_id == "demo-project-1"
+    assert _entry(rig, DEMO1).project == "demo-project-1"
+
+    async def stored_project() -> str | None:
+        stored = {a.email: a for a in await rig.store.aload()}
+        return stored[DEMO1].project_id
+
+    with trio.fail_after(5):
+        while await stored_project() is None:
+            await trio.sleep(0.02)
+    assert await stored_project() == "demo-project-1"
+
+
+async def test_quotas_are_probed_and_reprobed_on_request(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    model = "claude-sonnet-4-5"
+    emulator.state.set_quota(DEMO1, model, 0.25, "2030-01-01T00:00:00Z")
+    rig = await make_rig()
+    await eventually(lambda: model in _entry(rig, DEMO1).quotas)
+    assert _entry(rig, DEMO1).quotas[model] == (0.25, "2030-01-01T00:00:00Z")
+    assert model in rig.pool.available_models()
+
+    emulator.state.set_quota(DEMO1, model, 0.0, "2030-01-01T00:00:00Z")
+    rig.supervisor.request_probe(DEMO1)
+    await eventually(lambda: _entry(rig, DEMO1).quotas[model][0] == 0.0)
+    # exhausted until its reset: the pool will not pick it for that model
+    assert _entry(rig, DEMO1).cooldowns[model] > 1000
+
+
+async def test_concurrent_renewals_share_one_refresh(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    rig = await make_rig()
+    stale = rig.supervisor.access_token(DEMO1)
+    before = _token_requests(emulator)
+    tokens: list[str | None] = []
+
+    async def renew() -> None:
+        tokens.append(await rig.supervisor.renew_token(DEMO1, stale))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(renew)
+    assert _token_requests(emulator) == before + 1
+    assert len(set(tokens)) == 1 and tokens[0] not in (None, stale)
+
+
+async def test_a_silent_token_endpoint_delays_start_up_only_briefly(
+    make_rig: MakeRig, nursery: trio.Nursery
+) -> None:
+    # A token endpoint that accepts connections and never answers.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    held: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        held.append(stream)
+        await trio.sleep_forever()
+
+    serving = trio.CancelScope()
+
+    async def serve() -> None:
+        with serving:
+            await trio.serve_listeners(hold, listeners)
+
+    nursery.start_soon(serve)
+    started = trio.current_time()
+    rig = await make_rig(
+        startup_wait_seconds=0.3, oauth={"token_url": f"http://127.0.0.1:{port}/token"}
+    )
+    assert trio.current_time() - started < 3
+    assert rig.pool.snapshot().active_accounts == 0
+    assert rig.supervisor.access_token(DEMO1) is None
+    rig.scope.cancel()
+    serving.cancel()
+    for stream in held:
+        await stream.aclose()
+
+
+def test_parse_quotas() -> None:
+    answer = {
+        "models": {
+            "claude-sonnet-4-5": {"quotaInfo": {"remainingFraction": 0.5,
+                                                "resetTime": "2030-01-01T00:00:00Z"}},
+            "gemini-3-pro-high": {"quotaInfo": {"resetTime": "2030-01-01T00:00:00Z"}},
+            "gemini-2.5-flash": {"displayName": "Gemini 2.5 Flash"},
+            "": {"quotaInfo": {"remainingFraction": 1}},
+        }
+    }
+    assert parse_quotas(answer) == {
+        "claude-sonnet-4-5": (0.5, "2030-01-01T00:00:00Z"),
+        "gemini-3-pro-high": (0.0, "2030-01-01T00:00:00Z"),
+        "gemini-2.5-flash": (None, None),
+    }
+    assert parse_quotas({}) == {}
+    assert parse_quotas({"models": []}) == {}

@@ -1,0 +1,131 @@
+"""Operational endpoints: /health, /account-limits, /refresh-token, /metrics, /v1/models."""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import openai
+import trio
+
+from gateway.emulator import Fault
+from tests.support import RunningEmulator, RunningGateway
+
+DEMO1, DEMO2 = "demo1@example.com", "demo2@example.com"
+MODEL = "gemini-2.5-flash"
+
+
+async def test_health_reports_accounts(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(gateway.url + "/health")).json()
+    assert health["status"] == "ok"
+    assert health["accounts"] == 2
+    assert health["activeAccounts"] == 2
+    assert health["demo"] is True
+
+
+async def test_health_never_calls_upstream(
+    gateway: RunningGateway, emulator: RunningEmulator
+) -> None:
+    def upstream_calls() -> int:  # token refreshes are the supervisor's, on its own clock
+        return sum(1 for r in emulator.state.received if r.path != "/token")
+
+    before = upstream_calls()
+    async with httpx.AsyncClient() as http:
+        for _ in range(20):
+            assert (await http.get(gateway.url + "/health")).status_code == 200
+            assert (await http.get(gateway.url + "/account-limits")).status_code == 200
+    assert upstream_calls() == before
+
+
+async def test_account_limits_json_and_table_show_quota_and_cooldown(
+    gateway: RunningGateway, emulator: RunningEmulator
+) -> None:
+    emulator.state.set_quota(DEMO2, MODEL, 0.25, "2026-12-01T00:00:00Z")
+    # a 429 on demo1: the request fails over and demo1 cools down for this model
+    emulator.state.add_fault(
+        Fault(kind="rate_limit", account=DEMO1, model=MODEL, reset_seconds=900)
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        for i in range(4):  # distinct conversations, so at least one lands on demo1 first
+            response = await http.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": f"hi {i}"}]},
+            )
+            assert response.status_code == 200
+        await http.post(gateway.url + "/refresh-token")  # also makes the supervisor re-probe
+        with trio.fail_after(5):
+            while True:
+                limits = (await http.get(gateway.url + "/account-limits")).json()
+                by_email = {a["email"]: a for a in limits["accounts"]}
+                quota = by_email[DEMO2]["models"].get(MODEL, {}).get("remainingFraction")
+                if quota == 0.25 and "cooldownSeconds" in by_email[DEMO1]["models"].get(MODEL, {}):
+                    break
+                await trio.sleep(0.02)
+        table = await http.get(gateway.url + "/account-limits", params={"format": "table"})
+        bad = await http.get(gateway.url + "/account-limits", params={"format": "xml"})
+    assert 800 < by_email[DEMO1]["models"][MODEL]["cooldownSeconds"] <= 900
+    assert by_email[DEMO1]["status"] == "ok"
+    assert table.headers["content-type"].startswith("text/plain")
+    lines = table.text.splitlines()
+    assert lines[0].split() == ["ACCOUNT", "STATUS", "MODEL", "REMAINING", "RESETS", "COOLDOWN"]
+    demo1_rows = [line for line in lines if MODEL in line and line.rstrip().endswith("s")]
+    assert demo1_rows, table.text
+    assert any("25%" in line for line in lines)
+    assert "2/2 accounts active" in table.text
+    assert bad.status_code == 400
+
+
+async def test_refresh_token_all_and_one(
+    gateway: RunningGateway, emulator: RunningEmulator
+) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        everything = await http.post(gateway.url + "/refresh-token")
+        one = await http.post(gateway.url + "/refresh-token", json={"email": DEMO2})
+        unknown = await http.post(gateway.url + "/refresh-token", json={"email": "x@y.z"})
+        emulator.state.add_fault(Fault(kind="invalid_grant", account=DEMO1))
+        revoked = await http.post(gateway.url + "/refresh-token", params={"email": DEMO1})
+    assert everything.status_code == 200
+    assert set(everything.json()["results"]) == {DEMO1, DEMO2}
+    assert all(r["ok"] for r in everything.json()["results"].values())
+    assert set(one.json()["results"]) == {DEMO2}
+    assert unknown.status_code == 404
+    assert revoked.status_code == 200
+    assert revoked.json()["results"][DEMO1]["ok"] is False
+    snapshot = {e.email: e.status for e in gateway.services.pool.snapshot().entries}
+    assert snapshot == {DEMO1: "invalid", DEMO2: "ok"}
+
+
+async def test_metrics_scrape(gateway: RunningGateway, emulator: RunningEmulator) -> None:
+    emulator.state.add_fault(Fault(kind="rate_limit", account=DEMO1, reset_seconds=600))
+    async with httpx.AsyncClient(timeout=30) as http:
+        for i in range(3):
+            await http.post(
+                gateway.url + "/v1/messages",
+                json={"model": MODEL, "max_tokens": 16,
+                      "messages": [{"role": "user", "content": f"m{i}"}]},
+            )
+        await http.post(gateway.url + "/v1/chat/completions", json={"model": "nope"})
+        scrape = await http.get(gateway.url + "/metrics")
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("text/plain")
+    text = scrape.text
+    assert 'gateway_requests_total{model="gemini-2.5-flash",route="anthropic",status="200"}' in text
+    assert 'route="openai",status="400"' in text or 'route="openai",status="404"' in text
+    assert "gateway_request_seconds_bucket" in text
+    assert "gateway_time_to_first_byte_seconds" in text
+    assert "gateway_upstream_first_payload_seconds_count" in text
+    assert "gateway_open_streams 0.0" in text
+    assert "gateway_token_refreshes_total" in text
+    assert "gateway_account_cooldown_seconds{account=\"acct-" in text
+    assert "demo1@example.com" not in text  # accounts are hashed handles
+
+
+async def test_models_list_in_both_sdks(gateway: RunningGateway) -> None:
+    oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
+    an = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    oa_models = await trio.to_thread.run_sync(lambda: list(oa.models.list()))
+    an_models = await trio.to_thread.run_sync(lambda: list(an.models.list()))
+    ids = {m.id for m in oa_models}
+    assert {"claude-sonnet-4-5", "gemini-2.5-flash"} <= ids
+    assert {m.owned_by for m in oa_models} == {"anthropic", "google"}
+    assert {m.id for m in an_models} == ids
