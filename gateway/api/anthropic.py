@@ -64,7 +64,10 @@ class _Renderer:
         return b""  # message_start goes out with the first event, carrying input usage
 
     def events(self, events: Sequence[c.StreamEvent]) -> bytes:
-        return b"".join(wire.sse_bytes(self.encoder.encode(e)) for e in events)
+        # Usage first: an upstream payload carries its usage after its parts, and
+        # message_start (sent with the first part) should already report the input tokens.
+        ordered = sorted(events, key=lambda e: not isinstance(e, c.UsageUpdate))
+        return b"".join(wire.sse_bytes(self.encoder.encode(e)) for e in ordered)
 
     def keepalive(self) -> bytes:
         return wire.sse_bytes(self.encoder.start() + self.encoder.ping())

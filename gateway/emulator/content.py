@@ -583,6 +583,13 @@ def stream_chunks(
                 piece["thoughtSignature"] = plan.text_signature
             parts_per_chunk.append([piece])
     chunks = [_response(p, model_id=model_id, response_id=response_id) for p in parts_per_chunk]
+    # Like the real upstream, every chunk reports the prompt's size; only the last has the
+    # output counts (clients show input tokens from the first event on).
+    prompt_only = {
+        k: v for k, v in plan.usage.items() if k in ("promptTokenCount", "cachedContentTokenCount")
+    }
+    for chunk in chunks[:-1]:
+        chunk["usageMetadata"] = {**prompt_only, "totalTokenCount": prompt_only["promptTokenCount"]}
     _finish(chunks[-1], plan)
     return chunks
 

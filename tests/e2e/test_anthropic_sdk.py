@@ -77,19 +77,23 @@ async def test_text_non_streaming(gateway: RunningGateway) -> None:
 async def test_text_streaming_matches_event_grammar(gateway: RunningGateway) -> None:
     client = client_for(gateway)
 
-    def run() -> tuple[list[str], str, Any]:
+    def run() -> tuple[list[str], str, Any, int]:
         names: list[str] = []
+        start_input_tokens = -1
         with client.messages.stream(
             model=GEMINI, max_tokens=256, messages=[{"role": "user", "content": "Stream please"}]
         ) as stream:
             text = ""
             for event in stream:
                 names.append(event.type)
+                if event.type == "message_start":
+                    start_input_tokens = event.message.usage.input_tokens
                 if event.type == "text":
                     text += event.text
-            return names, text, stream.get_final_message()
+            return names, text, stream.get_final_message(), start_input_tokens
 
-    names, text, final = await call(run)
+    names, text, final, start_input_tokens = await call(run)
+    assert start_input_tokens > 0  # message_start already reports the prompt's size
     assert names[0] == "message_start"
     assert names[-1] == "message_stop"
     assert "content_block_start" in names and "content_block_delta" in names

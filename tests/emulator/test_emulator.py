@@ -236,7 +236,9 @@ async def test_streamed_text_chunks_and_usage(emulator: RunningEmulator) -> None
         status, chunks = await stream(http, token, body)
         assert status == 200 and len(chunks) == 4
         assert text_of(chunks) == "Echo: hello world"
-        assert all("usageMetadata" not in c for c in chunks[:-1])
+        # earlier chunks report the prompt only; the last adds the output counts
+        assert all("candidatesTokenCount" not in c["usageMetadata"] for c in chunks[:-1])
+        assert all(c["usageMetadata"]["promptTokenCount"] > 0 for c in chunks[:-1])
         usage = chunks[-1]["usageMetadata"]
         assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
         assert usage["promptTokenCount"] > 0 and usage["candidatesTokenCount"] > 0
