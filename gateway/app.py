@@ -56,8 +56,10 @@ class Services:
     metrics: Metrics
     demo: bool = False
 
-    def available_models(self) -> set[str]:
-        return self.pool.available_models()
+    def available_models(self) -> set[str] | None:
+        """Models the accounts reported, or None (no restriction) before any probe answered:
+        with no accounts at all a request must reach the dispatcher and get a clear 503."""
+        return self.pool.available_models() or None
 
 
 async def build_services(
@@ -65,6 +67,11 @@ async def build_services(
 ) -> Services:
     store = AccountStore(config.accounts.file)
     accounts = await store.aload()
+    if not accounts and not demo:
+        log.warning(
+            "no Google accounts in %s: every chat request will fail with 503 until one is "
+            "added with `gateway accounts add` (or try `gateway demo`)", store.path
+        )
     http = make_http_client(config.upstream)
     client = CloudCodeClient(http, config.upstream)
     pool = AccountPool(accounts, selection=config.accounts.selection, clock=clock)
@@ -95,8 +102,10 @@ async def build_services(
     )
 
 
-def _dialect_for(path: str) -> Dialect:
-    if path.startswith("/v1/messages"):
+def _dialect_for(path: str, anthropic_client: bool = False) -> Dialect:
+    """Whose error format a response uses: the route's, else the client's own (Anthropic
+    SDKs send `anthropic-version` on every call, e.g. to an unknown path)."""
+    if path.startswith("/v1/messages") or anthropic_client:
         return _ANTHROPIC
     return _OPENAI
 
@@ -105,6 +114,10 @@ _ANTHROPIC = anthropic_api.AnthropicDialect()
 _OPENAI = openai_api.OpenAIDialect()
 _CHAT_ROUTES: dict[str, Dialect] = {"/v1/messages": _ANTHROPIC, "/v1/chat/completions": _OPENAI}
 _OPEN_PATHS = frozenset({"/health"})
+
+
+def _request_dialect() -> Dialect:
+    return _dialect_for(request.path, "anthropic-version" in request.headers)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -140,7 +153,8 @@ class GatewayASGI:
                 "invalid or missing API key: send it as 'Authorization: Bearer <key>' "
                 "or 'x-api-key: <key>'"
             )
-            status, body = _dialect_for(path).error_body(err)
+            status, body = _dialect_for(path, _header(scope, b"anthropic-version") is not None
+                                        ).error_body(err)
             await send_json(send, status, body)
             return
         dialect = _CHAT_ROUTES.get(path)
@@ -254,7 +268,7 @@ def create_app(
 
     @app.errorhandler(errors.GatewayError)
     async def gateway_error(err: errors.GatewayError) -> Response:
-        status, body = _dialect_for(request.path).error_body(err)
+        status, body = _request_dialect().error_body(err)
         return Response(
             _json(body), status=status, content_type="application/json", headers=err.headers()
         )
@@ -274,7 +288,7 @@ def create_app(
             413: f"request body exceeds the {config.server.max_body_bytes} byte limit",
         }.get(code, exc.description or exc.name)
         err = kind(message)
-        status, body = _dialect_for(request.path).error_body(err)
+        status, body = _request_dialect().error_body(err)
         return Response(_json(body), status=code if code != status else status,
                         content_type="application/json")
 
@@ -282,7 +296,7 @@ def create_app(
     async def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         err = errors.GatewayError("internal error; see the gateway log")
-        status, body = _dialect_for(request.path).error_body(err)
+        status, body = _request_dialect().error_body(err)
         return Response(_json(body), status=status, content_type="application/json")
 
     app.asgi_app = GatewayASGI(app, app.asgi_app)  # type: ignore[method-assign,assignment]

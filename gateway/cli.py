@@ -8,6 +8,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import attrs
 import httpx
 import trio
 
+from gateway.accounts.store import AccountStore, AccountStoreError
 from gateway.config import Config, ConfigError, load_config
 
 
@@ -30,9 +32,16 @@ def _parser() -> argparse.ArgumentParser:
         description="OpenAI- and Anthropic-compatible gateway to Claude and Gemini on Cloud Code.",
     )
     parser.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG)")
+    # --config is also accepted after the subcommand (`gateway serve --config f.toml`)
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument(
+        "--config", default=argparse.SUPPRESS, help="TOML config file (default: $GATEWAY_CONFIG)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the gateway with your Google accounts")
+    serve = sub.add_parser(
+        "serve", help="serve the gateway with your Google accounts", parents=[config_option]
+    )
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument(
@@ -41,16 +50,18 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a non-loopback bind without API keys (anyone can use your quota)",
     )
 
-    demo = sub.add_parser("demo", help="serve the gateway on the built-in emulator (no account)")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--insecure-no-auth", action="store_true")
+    demo = sub.add_parser(
+        "demo", help="serve the gateway on the built-in emulator (no account)",
+        parents=[config_option],
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="port (default 8080)")
 
     emu = sub.add_parser("emulator", help="run the Cloud Code + OAuth emulator alone")
-    emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=8090)
+    emu.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    emu.add_argument("--port", type=int, default=8090, help="port (default 8090)")
 
-    accounts = sub.add_parser("accounts", help="manage Google accounts")
+    accounts = sub.add_parser("accounts", help="manage Google accounts", parents=[config_option])
     acc = accounts.add_subparsers(dest="action", required=True)
     add = acc.add_parser("add", help="add an account with Google OAuth")
     add.add_argument(
@@ -61,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("email")
     acc.add_parser("verify", help="refresh every account's token and report")
 
-    limits = sub.add_parser("limits", help="show quotas and cooldowns of a running gateway")
+    limits = sub.add_parser(
+        "limits", help="show quotas and cooldowns of a running gateway", parents=[config_option]
+    )
     limits.add_argument("--url", default=None, help="gateway base URL (default from config)")
     limits.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
@@ -76,12 +89,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(args, "port", None):
             config = attrs.evolve(config, server=attrs.evolve(config.server, port=args.port))
         code = _run(args, config)
-    except ConfigError as exc:
+    except (ConfigError, AccountStoreError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except BaseExceptionGroup as group:  # what a nursery raises, e.g. a failed bind
+        bind = _bind_error(group)
+        if bind is None:
+            raise
+        print(f"gateway: {bind}", file=sys.stderr)
+        code = 2
+    except OSError as exc:
+        bind = _bind_error(BaseExceptionGroup("", [exc]))
+        if bind is None:
+            raise
+        print(f"gateway: {bind}", file=sys.stderr)
+        code = 2
     sys.exit(code)
+
+
+def _bind_error(group: BaseExceptionGroup[BaseException]) -> str | None:
+    """A one-line message for a failed bind, or None if `group` holds something else."""
+    matched, _ = group.split(OSError)
+    if matched is None:
+        return None
+    error = matched.exceptions[0]
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, OSError)
+    if error.errno == errno.EADDRINUSE:
+        return "cannot bind: address already in use (choose another with --port or GATEWAY_PORT)"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "cannot bind: that address is not on this machine (check --host)"
+    if error.errno == errno.EACCES:
+        return "cannot bind: permission denied (ports below 1024 need privileges)"
+    return None
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
@@ -89,8 +132,11 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     command = args.command
     if command in ("serve", "demo"):
-        # demo accounts spend no real quota, so an open demo on 0.0.0.0 is harmless
-        check_exposure(config, insecure_no_auth=args.insecure_no_auth or command == "demo")
+        if command == "serve":
+            # demo accounts spend no real quota, so only `serve` guards its exposure
+            check_exposure(config, insecure_no_auth=args.insecure_no_auth)
+            # a broken accounts file stops start-up with one clear line, before binding
+            AccountStore(config.accounts.file).load()
         configure_logging(config.server.log_level)
         if command == "serve":
             trio.run(_serve, config)
@@ -183,7 +229,7 @@ gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo a
   health:                {url}/health
   limits:                {url}/account-limits?format=table
 
-  curl {url}/v1/messages -H 'content-type: application/json' -H 'x-api-key: demo' \\
+  curl {url}/v1/messages -H 'content-type: application/json' \\
     -d '{{"model": "claude-sonnet-4-5", "max_tokens": 256,
          "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 

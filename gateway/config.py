@@ -201,6 +201,9 @@ def load_config(
             raise ConfigError(f"config file not found: {file}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"config file {file} cannot be read: {reason}") from None
     for section in raw:
         if section not in _SECTIONS:
             raise ConfigError(f"config key {section!r}: unknown section")

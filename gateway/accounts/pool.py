@@ -257,6 +257,15 @@ class AccountPool:
         """`email` may not serve `model` for `seconds` (the latest word from upstream wins)."""
         self._state(email).cooldown_until[model] = self._clock() + max(0.0, seconds)
 
+    def clear_cooldowns(self, email: str | None = None) -> None:
+        """Forget cooldowns (all accounts, or one): the operator says quota is back.
+
+        A quota probe that still finds a model exhausted puts its cooldown right back.
+        """
+        for address, state in self._states.items():
+            if email is None or address == email:
+                state.cooldown_until.clear()
+
     def cooldown_remaining(self, email: str, model: str) -> float:
         return self._state(email).cooling(model, self._clock())
 

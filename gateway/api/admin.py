@@ -13,7 +13,7 @@ from quart import Blueprint, Response, current_app, request
 
 from gateway import errors
 from gateway.metrics import CONTENT_TYPE
-from gateway.translate.models import catalogue, resolve_model
+from gateway.translate.models import ModelInfo, catalogue, resolve_model
 
 if TYPE_CHECKING:
     from gateway.accounts.pool import PoolSnapshot
@@ -29,37 +29,38 @@ def _services() -> Services:
     return services
 
 
+def _model_entry(info: ModelInfo) -> dict[str, Any]:
+    """One model in a shape both SDKs accept.
+
+    OpenAI's (`object`, `owned_by`, `created`) and Anthropic's (`type`, `display_name`,
+    `created_at`) model objects share `id`; one body carries both.
+    """
+    return {
+        "id": info.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": info.owned_by,
+        "type": "model",
+        "display_name": info.display_name,
+        "created_at": "1970-01-01T00:00:00Z",
+        "context_window": info.context_window,
+        "max_output_tokens": info.max_output_tokens,
+        "thinking": info.thinking,
+    }
+
+
 @blueprint.get("/v1/models")
 async def list_models() -> dict[str, Any]:
-    """Models the upstream offers, in a shape both SDKs accept.
-
-    OpenAI's list (`object`, `owned_by`, `created`) and Anthropic's (`type`, `display_name`,
-    `created_at`, `has_more`, `first_id`, `last_id`) share `data[].id`; one body carries both.
-    """
-    services = _services()
-    available = services.available_models()
+    """Models the upstream offers (the catalogue until the first quota probe answers)."""
+    available = _services().available_models()
     known = {m.id: m for m in catalogue()}
-    ids = sorted(available) if available else sorted(known)
     data = []
-    for model_id in ids:
+    for model_id in sorted(available) if available else sorted(known):
         try:
             info = known.get(model_id) or resolve_model(model_id, available)
         except errors.GatewayError:
             continue
-        data.append(
-            {
-                "id": info.id,
-                "object": "model",
-                "created": 0,
-                "owned_by": info.owned_by,
-                "type": "model",
-                "display_name": info.display_name,
-                "created_at": "1970-01-01T00:00:00Z",
-                "context_window": info.context_window,
-                "max_output_tokens": info.max_output_tokens,
-                "thinking": info.thinking,
-            }
-        )
+        data.append(_model_entry(info))
     return {
         "object": "list",
         "data": data,
@@ -67,6 +68,12 @@ async def list_models() -> dict[str, Any]:
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }
+
+
+@blueprint.get("/v1/models/<path:model_id>")
+async def get_model(model_id: str) -> dict[str, Any]:
+    """One model by id or alias (what `client.models.retrieve(...)` calls)."""
+    return _model_entry(resolve_model(model_id, _services().available_models()))
 
 
 @blueprint.get("/health")
@@ -81,7 +88,7 @@ async def health() -> tuple[dict[str, Any], int]:
             "activeAccounts": snap.active_accounts,
             "rateLimitedAccounts": sum(1 for a in snap.entries if a.cooldowns),
             "invalidAccounts": sum(1 for a in snap.entries if a.status == "invalid"),
-            "models": len(services.available_models()),
+            "models": len(services.available_models() or catalogue()),
             "uptimeSeconds": round(time.time() - _STARTED, 1),
             "demo": services.demo,
         },
@@ -167,6 +174,9 @@ async def refresh_token() -> dict[str, Any]:
             email = given
     if email is not None and email not in {e.email for e in services.pool.snapshot().entries}:
         raise errors.NotFound(f"no account {email!r}", param="email")
+    # A forced refresh also forgets cooldowns (say, after quota was restored early); the
+    # re-probe that follows the refresh restores those the upstream still reports.
+    services.pool.clear_cooldowns(email)
     results = await services.supervisor.refresh_now(email)
     return {"results": results}
 

@@ -130,6 +130,8 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.InvalidRequest(f"request body is not valid JSON: {_short(exc)}") from None
+    except RecursionError:
+        raise errors.InvalidRequest("request body nests too deeply") from None
 
 
 def _short(exc: Exception) -> str:
@@ -170,7 +172,13 @@ async def handle_chat(
     outcome = _Outcome()
 
     async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
+        if message["type"] == "http.response.start":
+            # both SDKs surface these ids in their errors, so a user can find the log line
+            id_header = request_id.encode()
+            headers = [*message.get("headers", ()), (b"request-id", id_header),
+                       (b"x-request-id", id_header)]
+            message = {**message, "headers": headers}
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
             outcome.finished = True
         await raw_send(message)
 
@@ -186,8 +194,13 @@ async def handle_chat(
         except ClientDisconnected:
             outcome.disconnected = True
             return
+        except RecursionError:
+            too_deep = errors.InvalidRequest("request body nests too deeply")
+            outcome.status, outcome.error_type = too_deep.status, too_deep.anthropic_type
+            await send_error(send, dialect, too_deep)
+            return
         except Exception:
-            log.exception("unexpected error preparing a %s request", dialect.name)
+            log.exception("unexpected error preparing an %s request", dialect.name)
             outcome.status, outcome.error_type = 500, "api_error"
             await send_error(send, dialect, errors.GatewayError("internal error; see the log"))
             return
@@ -435,6 +448,9 @@ async def _write_stream(
             chunk = renderer.events(item)
             if any(isinstance(e, c.MessageEnd) for e in item):
                 chunk += renderer.close()
+                # the client has its whole answer once this is written; if it hangs up
+                # before the final empty frame, that is not a disconnect mid-answer
+                outcome.finished = True
             if chunk:
                 await _body(send, chunk)
     if not committed:  # pump ended without a word: cannot happen, but never hang the client

@@ -181,7 +181,9 @@ def _thinking_config(
             config["thinkingBudget"] = budget
         return config, max_out
 
-    if (wanted is not None and not wanted.enabled) or not _claude_may_think(request):
+    # Anthropic's rule: no thinking unless the client enabled it (an OpenAI client does so
+    # with reasoning_effort), even on a "-thinking" model id.
+    if wanted is None or not wanted.enabled or not _claude_may_think(request):
         return None, max_out
     budget = wanted.budget_tokens if wanted is not None else None
     if budget is None:

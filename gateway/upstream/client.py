@@ -39,7 +39,11 @@ class UpstreamHTTPError(Exception):
         self.base_url = base_url
 
     def __str__(self) -> str:
-        return f"upstream answered {self.status}" if self.status else "upstream unreachable"
+        if self.status:
+            return f"upstream answered {self.status}"
+        # transport bodies are the gateway's own words ("timeout", "stream broken: ..."),
+        # never upstream text, so they are safe to show
+        return f"upstream {self.body}" if self.body else "upstream unreachable"
 
 
 def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:

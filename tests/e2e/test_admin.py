@@ -52,7 +52,8 @@ async def test_account_limits_json_and_table_show_quota_and_cooldown(
                 json={"model": MODEL, "messages": [{"role": "user", "content": f"hi {i}"}]},
             )
             assert response.status_code == 200
-        await http.post(gateway.url + "/refresh-token")  # also makes the supervisor re-probe
+        # re-probes demo2 (a forced refresh also clears that account's cooldowns, not demo1's)
+        await http.post(gateway.url + "/refresh-token", json={"email": DEMO2})
         with trio.fail_after(5):
             while True:
                 limits = (await http.get(gateway.url + "/account-limits")).json()

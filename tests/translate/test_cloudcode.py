@@ -270,8 +270,12 @@ def test_gemini_json_schema_and_media() -> None:
     ("model", "thinking", "max_tokens", "expected", "max_out"),
     [
         (CLAUDE, c.Thinking(True, 5000), 8000, None, 8000),  # not a thinking model
-        (CLAUDE_THINKING, None, 32000, {"include_thoughts": True, "thinking_budget": 16384}, 32000),
-        (CLAUDE_THINKING, None, 100, {"include_thoughts": True, "thinking_budget": 16384}, 16484),
+        # Claude thinks only when the client enabled thinking, whatever the model id says
+        (CLAUDE_THINKING, None, 32000, None, 32000),
+        (CLAUDE_THINKING, c.Thinking(True), 32000, {"include_thoughts": True,
+                                                     "thinking_budget": 16384}, 32000),
+        (CLAUDE_THINKING, c.Thinking(True), 100, {"include_thoughts": True,
+                                                   "thinking_budget": 16384}, 16484),
         (CLAUDE_THINKING, c.Thinking(True, 10), 4000, {"include_thoughts": True,
                                                         "thinking_budget": 1024}, 4000),
         (CLAUDE_THINKING, c.Thinking(True, 60000), 64000, {"include_thoughts": True,
@@ -306,7 +310,8 @@ def test_thinking_budget_rules(
 def test_claude_tool_loop_without_signed_thinking_does_not_think() -> None:
     # OpenAI clients cannot carry thinking blocks; Claude would refuse the turn otherwise.
     request = c.ChatRequest(
-        model=CLAUDE_THINKING.id, messages=tool_loop(), max_tokens=4096, tools=(WEATHER,)
+        model=CLAUDE_THINKING.id, messages=tool_loop(), max_tokens=4096, tools=(WEATHER,),
+        thinking=c.Thinking(True, 2048),
     )
     assert "thinkingConfig" not in body(request, CLAUDE_THINKING)["request"]["generationConfig"]
     signed = attrs.evolve(request, messages=tool_loop(c.ThinkingBlock("t", SIG)))
