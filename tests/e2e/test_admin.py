@@ -5,6 +5,7 @@ from __future__ import annotations
 import anthropic
 import httpx
 import openai
+import pytest
 import trio
 
 from gateway.emulator import Fault
@@ -130,3 +131,39 @@ async def test_models_list_in_both_sdks(gateway: RunningGateway) -> None:
     assert {"claude-sonnet-4-5", "gemini-2.5-flash"} <= ids
     assert {m.owned_by for m in oa_models} == {"anthropic", "google"}
     assert {m.id for m in an_models} == ids
+
+
+async def test_model_retrieve_in_both_sdks(gateway: RunningGateway) -> None:
+    oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
+    an = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    one = await trio.to_thread.run_sync(lambda: oa.models.retrieve("gemini-2.5-flash"))
+    other = await trio.to_thread.run_sync(lambda: an.models.retrieve("claude-sonnet-4-5"))
+    assert (one.id, one.owned_by) == ("gemini-2.5-flash", "google")
+    assert other.id == "claude-sonnet-4-5"
+    with pytest.raises(anthropic.NotFoundError) as info:
+        await trio.to_thread.run_sync(lambda: an.models.retrieve("no-such-model"))
+    assert info.value.body["type"] == "error"  # type: ignore[index]
+
+
+async def test_unknown_path_answers_in_the_clients_format(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient() as http:
+        plain = await http.get(gateway.url + "/v2/nothing")
+        from_anthropic_sdk = await http.get(
+            gateway.url + "/v2/nothing", headers={"anthropic-version": "2023-06-01"}
+        )
+    assert plain.status_code == from_anthropic_sdk.status_code == 404
+    assert set(plain.json()["error"]) >= {"message", "type", "param", "code"}
+    assert from_anthropic_sdk.json()["type"] == "error"
+
+
+async def test_responses_carry_a_request_id(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        ok = await http.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        bad = await http.post(gateway.url + "/v1/messages", json={"model": MODEL})
+    for response in (ok, bad):
+        assert response.headers["request-id"] == response.headers["x-request-id"]
+        assert len(response.headers["request-id"]) >= 16
+    assert ok.headers["request-id"] != bad.headers["request-id"]

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -121,3 +122,27 @@ async def test_fuzz_every_endpoint(gateway: RunningGateway, emulator: RunningEmu
     emulator.state.text_chunks = 1
     with trio.fail_after(300):
         await trio.to_thread.run_sync(fuzz, gateway.url)
+
+
+@pytest.mark.parametrize("depth", [300, 450, 5000])
+async def test_deeply_nested_json_is_a_400(gateway: RunningGateway, depth: int) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    # a tool schema deep enough to break any recursive walk (built as text: json.dumps
+    # itself could not encode it)
+    schema = '{"type":"object","properties":{"x":' * depth + "{}" + "}}" * depth
+    tool_body = (
+        '{"model":"claude-sonnet-4-5","max_tokens":16,'
+        '"messages":[{"role":"user","content":"hi"}],'
+        '"tools":[{"name":"deep","input_schema":' + schema + "}]}"
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        for path in POST_PATHS[:3]:
+            response = await http.post(gateway.url + path, content=deep,
+                                        headers={"content-type": "application/json"})
+            assert response.status_code == 400, (path, response.text[:200])
+            check(path, response)
+        tools = await http.post(gateway.url + "/v1/messages", content=tool_body,
+                                headers={"content-type": "application/json"})
+    # shallow enough to parse, deep enough to trouble recursive code: a 400 or a real answer
+    assert tools.status_code in (200, 400), tools.text[:300]
+    check("/v1/messages", tools)

@@ -1,0 +1,53 @@
+"""The command line fails with one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = gateway("serve", "--port", port,
+                         env={"GATEWAY_ACCOUNTS_FILE": str(tmp_path / "a.json")})
+    assert result.returncode == 2
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_accounts_file(tmp_path: Path) -> None:
+    broken = tmp_path / "accounts.json"
+    broken.write_text("{bad")
+    for args in (("serve", "--port", "0"), ("accounts", "list")):
+        result = gateway(*args, env={"GATEWAY_ACCOUNTS_FILE": str(broken)})
+        assert result.returncode == 2
+        assert "not valid JSON" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert broken.read_text() == "{bad"  # never overwritten
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    result = gateway("serve", env={"GATEWAY_PORT": "abc"})
+    assert result.returncode == 2
+    assert "GATEWAY_PORT" in result.stderr
+    config = tmp_path / "gateway.toml"
+    config.write_text('[server]\nport = "eighty"\n')
+    after = gateway("serve", "--config", str(config))  # --config after the subcommand
+    assert after.returncode == 2
+    assert "server.port" in after.stderr or "port" in after.stderr
+    directory = gateway("--config", str(tmp_path), "serve")
+    assert directory.returncode == 2
+    assert "cannot be read" in directory.stderr
