@@ -22,6 +22,7 @@ import attrs
 import httpx
 import trio
 
+from gateway.accounts.oauth import OAuthError
 from gateway.accounts.store import AccountStore, AccountStoreError
 from gateway.config import Config, ConfigError, load_config
 
@@ -94,7 +95,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except OAuthError as exc:
+        print(f"gateway: sign-in failed: {exc}", file=sys.stderr)
+        code = 1
     except BaseExceptionGroup as group:  # what a nursery raises, e.g. a failed bind
+        if group.split(KeyboardInterrupt)[0] is not None:
+            sys.exit(130)
         bind = _bind_error(group)
         if bind is None:
             raise

@@ -33,7 +33,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     # Gateway API keys accepted as `Authorization: Bearer` or `x-api-key`; empty = no auth.
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
     # Binding to a non-loopback address without api_keys is refused unless this is set.
     insecure_no_auth: bool = False
     cors_origins: tuple[str, ...] = ()
@@ -66,7 +66,7 @@ class UpstreamConfig:
 @attrs.frozen(slots=True)
 class OAuthConfig:
     client_id: str = ""
-    client_secret: str = ""
+    client_secret: str = attrs.field(default="", repr=False)
     token_url: str = "https://oauth2.googleapis.com/token"
     auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     userinfo_url: str = "https://www.googleapis.com/oauth2/v1/userinfo"

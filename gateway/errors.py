@@ -9,6 +9,7 @@ upstream status lines only.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -35,7 +36,7 @@ class GatewayError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"retry-after": str(max(1, round(self.retry_after)))}
+        return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
 
 
 class InvalidRequest(GatewayError):

@@ -172,6 +172,15 @@ class AccountPool:
             if email not in states:
                 del self._sessions[session]
 
+    def adopt(self, account: Account) -> bool:
+        """Take a stored record whose grant changed on disk (the account was re-added by
+        `gateway accounts add` while serving): it starts afresh. False if nothing changed."""
+        known = self._states.get(account.email)
+        if known is None or known.account.refresh_token == account.refresh_token:
+            return False
+        self._states[account.email] = _State.of(account)
+        return True
+
     def emails(self) -> list[str]:
         return list(self._states)
 

@@ -14,11 +14,12 @@ thread.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,31 @@ class AccountStore:
 
     def __repr__(self) -> str:
         return f"AccountStore({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the file for a load-modify-save: against other threads (the lock) and other
+        processes (an flock on a lock file beside it), so the server's supervisor and
+        `gateway accounts add` in another shell never overwrite each other's change."""
+        with self._lock:
+            directory = self.path.parent
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(directory / f".{self.path.name}.lock",
+                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise self._error(f"cannot be locked ({exc.strerror or type(exc).__name__})"
+                                  ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # Holding the lock, any temp file left beside the store is from a writer that
+                # died mid-write: remove it (it holds refresh tokens).
+                for stale in directory.glob(f".{self.path.name}.*.tmp"):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -112,7 +138,7 @@ class AccountStore:
         Refuses (AccountStoreError) to replace a file that exists but cannot be loaded, so a
         file this version does not understand is never lost; `force=True` replaces it anyway.
         """
-        with self._lock:
+        with self._exclusive():
             if not force:
                 self._read_before_write()
             self._replace(accounts)
@@ -173,7 +199,7 @@ class AccountStore:
 
     def update(self, change: AccountsChange) -> list[Account]:
         """Load, apply `change`, save, holding the file's lock throughout; returns the result."""
-        with self._lock:
+        with self._exclusive():
             accounts = change(self._read_before_write())
             self._replace(accounts)
             return accounts
@@ -192,7 +218,7 @@ class AccountStore:
 
     def remove(self, email: str) -> bool:
         """Delete the account with `email`; False (and no write) when there is none."""
-        with self._lock:
+        with self._exclusive():
             accounts = self._read_before_write()
             kept = [a for a in accounts if a.email != email]
             if len(kept) == len(accounts):

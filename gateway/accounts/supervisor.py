@@ -183,6 +183,15 @@ class Supervisor:
         """
         emails = [email] if email is not None else list(self._workers)
         results: dict[str, RefreshResult] = {}
+        try:
+            stored = await self.store.aload()
+        except AccountStoreError as exc:
+            log.error("cannot re-read the accounts file: %s", exc)
+            stored = []
+        for account in stored:
+            if self.pool.adopt(account):
+                log.info("account %s was re-added on disk; using its new grant",
+                         account_handle(account.email))
 
         async def one(worker: _Worker) -> None:
             results[worker.email] = await self._refresh(worker)
@@ -366,8 +375,15 @@ class Supervisor:
     async def _persist(self, email: str, **changes: Any) -> None:
         """Write changed fields of `email`'s stored record (atomically, via the store)."""
 
+        # Only the record this process knows: if the account was re-added on disk meanwhile
+        # (a new grant), a failure of the old grant must not mark the new one invalid.
+        grant = self.pool.account(email).refresh_token
+
         def change(accounts: list[Account]) -> list[Account]:
-            return [attrs.evolve(a, **changes) if a.email == email else a for a in accounts]
+            return [
+                attrs.evolve(a, **changes) if a.email == email and a.refresh_token == grant else a
+                for a in accounts
+            ]
 
         try:
             with trio.CancelScope(shield=True):

@@ -97,6 +97,7 @@ class _Outcome:
     first_byte: float | None = None
     error_type: str | None = None
     disconnected: bool = False
+    started: bool = False  # the status line went out
     finished: bool = False  # the last body message went out; a disconnect now is normal
 
 
@@ -173,6 +174,7 @@ async def handle_chat(
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
+            outcome.started = True
             # both SDKs surface these ids in their errors, so a user can find the log line
             id_header = request_id.encode()
             headers = [*message.get("headers", ()), (b"request-id", id_header),
@@ -210,10 +212,24 @@ async def handle_chat(
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, outcome)
             sender, items = trio.open_memory_channel[_Item](8)
             nursery.start_soon(_pump, sender, prepared, dialect, services)
-            if stream:
-                await _write_stream(send, items, prepared, dialect, services, outcome, started)
-            else:
-                await _write_unary(send, items, prepared, dialect, outcome)
+            try:
+                if stream:
+                    await _write_stream(
+                        send, items, prepared, dialect, services, outcome, started
+                    )
+                else:
+                    await _write_unary(send, items, prepared, dialect, outcome)
+            except Exception:
+                # A rendering bug must still end the response in the caller's format.
+                log.exception("unexpected error writing a %s response", dialect.name)
+                outcome.status, outcome.error_type = 500, "api_error"
+                internal = errors.GatewayError("internal error; see the gateway log")
+                if not outcome.started:
+                    await send_error(send, dialect, internal)
+                elif not outcome.finished:
+                    closing = dialect.stream_renderer(prepared, "error").error(internal)
+                    await send({"type": "http.response.body", "body": closing,
+                                "more_body": False})
             nursery.cancel_scope.cancel()
     finally:
         if outcome.disconnected:
@@ -339,7 +355,11 @@ async def _relay(
                     _remember_signatures(services, prepared.session_id, events)
                     await emit(events)
         except UpstreamHTTPError as exc:
-            raise _StreamBroken(str(exc)) from None
+            if exc.status == 0 and exc.body.startswith("stream broken"):
+                raise _StreamBroken(str(exc)) from None  # a cut connection: worth a resend
+            if exc.status == 0 and exc.body == "stream stalled":
+                raise errors.UpstreamTimeout("upstream stream stalled mid-answer") from None
+            raise errors.UpstreamError(f"upstream stream failed: {exc}") from None
         events = decoder.finish()
         _remember_signatures(services, prepared.session_id, events)
         await emit(events)

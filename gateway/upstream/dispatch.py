@@ -49,6 +49,9 @@ DEFAULT_COOLDOWN_SECONDS = 60.0
 MIN_COOLDOWN_SECONDS = 1.0
 # The same account rate-limiting one request this often is left out of it.
 MAX_RATE_LIMITS_PER_ACCOUNT = 3
+# A stalled upstream may be generating (and charging) all the same; one request gives up
+# after this many stalls rather than paying for retries on every endpoint and account.
+MAX_STALLS_PER_REQUEST = 2
 
 _INVALID_STATUSES = frozenset({400, 413, 422})
 _GOOGLE_STATUS_CODES = {
@@ -75,7 +78,9 @@ class UpstreamStream:
     payloads: AsyncIterator[Payload] = attrs.field(repr=False)
 
 
-FailoverKind = Literal["rate_limited", "auth", "forbidden", "not_found", "transient", "no_token"]
+FailoverKind = Literal[
+    "rate_limited", "auth", "forbidden", "not_found", "transient", "stalled", "no_token"
+]
 
 
 class _Failover(Exception):
@@ -164,6 +169,7 @@ class Dispatcher:
         exclude: set[str] = set()
         rate_limits: dict[str, int] = {}
         failures: list[_Failover] = []
+        stalls = 0
         waited = 0.0
         max_wait = self.config.accounts.max_cooldown_wait_seconds
         while True:
@@ -191,6 +197,10 @@ class Dispatcher:
                         exclude.add(email)
                 else:
                     exclude.add(email)
+                if failover.kind == "stalled":
+                    stalls += 1
+                    if stalls >= MAX_STALLS_PER_REQUEST and failover.error is not None:
+                        raise failover.error from None
 
     def _exhausted(
         self, model: ModelInfo, failures: list[_Failover], rate_limits: Mapping[str, int]
@@ -221,7 +231,7 @@ class Dispatcher:
                 "with `gateway accounts add` or check their access to Cloud Code"
             )
         for failover in reversed(failures):
-            if failover.kind == "transient" and failover.error is not None:
+            if failover.kind in ("transient", "stalled") and failover.error is not None:
                 return failover.error
         last = failures[-1].error
         return last if last is not None else errors.UpstreamError("the upstream failed")
@@ -266,6 +276,10 @@ class Dispatcher:
                         raise _Failover("forbidden", denied) from None
                     if status in _INVALID_STATUSES:
                         raise _mapped(exc, errors.UpstreamInvalidRequest) from None
+                    if status == 0 and exc.body in ("timeout", "stream stalled"):
+                        # no retry here, no other endpoint: the model may be running anyway
+                        self.pool.failure(email)
+                        raise _Failover("stalled", _transient_error(exc)) from None
                     if status != 404:
                         transient = exc
                 index += 1

@@ -20,7 +20,8 @@ BOB = Account("bob@example.com", "1//bob-refresh", None, None, 2.0, False, "inva
 
 
 def _leftovers(directory: Path, name: str) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name != name)
+    """Files beside the store other than itself and its (empty, permanent) lock file."""
+    return sorted(p.name for p in directory.iterdir() if p.name not in (name, f".{name}.lock"))
 
 
 def test_missing_file_is_empty(tmp_path: Path) -> None:
@@ -235,3 +236,35 @@ async def test_async_wrappers(tmp_path: Path) -> None:
     assert await store.aremove(BOB.email) is True
     changed = await store.aupdate(lambda accounts: [*accounts, BOB])
     assert changed == [ALICE, BOB] == await store.aload()
+
+
+def test_writers_in_two_processes_never_lose_a_change(tmp_path: Path) -> None:
+    """Concurrent load-modify-save from separate processes: every upsert survives."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "accounts.json"
+    script = (
+        "import sys\n"
+        "from gateway.accounts.model import Account\n"
+        "from gateway.accounts.store import AccountStore\n"
+        "store = AccountStore(sys.argv[1])\n"
+        "for i in range(40):\n"
+        "    store.upsert(Account(f'{sys.argv[2]}-{i}@example.com', 'token'))\n"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), name])
+        for name in ("left", "right", "third")
+    ]
+    assert all(w.wait(timeout=120) == 0 for w in workers)
+    emails = {a.email for a in AccountStore(path).load()}
+    assert len(emails) == 120
+    assert not list(tmp_path.glob(".accounts.json.*.tmp"))
+
+
+def test_stale_temp_files_are_removed_by_the_next_writer(tmp_path: Path) -> None:
+    path = tmp_path / "accounts.json"
+    stale = tmp_path / ".accounts.json.deadbeef.tmp"
+    stale.write_text("half-written secrets")
+    AccountStore(path).save([])
+    assert not stale.exists()

@@ -167,3 +167,34 @@ async def test_responses_carry_a_request_id(gateway: RunningGateway) -> None:
         assert response.headers["request-id"] == response.headers["x-request-id"]
         assert len(response.headers["request-id"]) >= 16
     assert ok.headers["request-id"] != bad.headers["request-id"]
+
+
+async def test_readded_account_is_adopted_and_not_marked_invalid(
+    gateway: RunningGateway, emulator: RunningEmulator
+) -> None:
+    """The grant was revoked; the operator re-adds the account in another shell while the
+    gateway runs, then asks for a refresh: the new grant is used, the old one's failure
+    never reaches the new record on disk."""
+    from gateway.accounts.model import Account
+    from gateway.accounts.store import AccountStore
+
+    store = AccountStore(gateway.config.accounts.file)
+    emulator.state.add_account(DEMO1, "demo-refresh-1-renewed", project="demo-project-1")
+    async with httpx.AsyncClient(timeout=30) as http:
+        revoked = await http.post(gateway.url + "/refresh-token", json={"email": DEMO1})
+        assert revoked.json()["results"][DEMO1]["ok"] is False
+        assert {a.email: a for a in store.load()}[DEMO1].invalid_reason
+        # `gateway accounts add` in another process writes the new grant
+        await store.aupsert(Account(DEMO1, "demo-refresh-1-renewed", "demo-project-1"))
+        renewed = await http.post(gateway.url + "/refresh-token", json={"email": DEMO1})
+        assert renewed.json()["results"][DEMO1]["ok"] is True
+        reply = await http.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "after re-add"}]},
+        )
+    assert reply.status_code == 200
+    stored = {a.email: a for a in store.load()}[DEMO1]
+    assert stored.refresh_token == "demo-refresh-1-renewed"
+    assert stored.invalid_reason is None
+    statuses = {e.email: e.status for e in gateway.services.pool.snapshot().entries}
+    assert statuses[DEMO1] == "ok"

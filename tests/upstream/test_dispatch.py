@@ -336,11 +336,16 @@ async def test_stalling_everywhere_is_a_timeout(
 ) -> None:
     from gateway.emulator import Fault
 
-    rig = await make_rig(upstream={"read_timeout_seconds": 0.3, "max_retries": 0})
+    # retries and a second endpoint configured: a stall must not multiply into them all
+    rig = await make_rig(upstream={"read_timeout_seconds": 0.3, "max_retries": 2,
+                                   "base_urls": (emulator.url, emulator.url)})
     emulator.state.add_fault(Fault(kind="stall"))
     with pytest.raises(errors.UpstreamTimeout):
         await serve(rig)
     await emulator.state.wait_open_streams(0)
+    generations = [r for r in emulator.state.received if "generatecontent" in r.path.lower()]
+    assert len(generations) == 2  # one per account, then the request gives up
+    assert {r.email for r in generations} == {"demo1@example.com", "demo2@example.com"}
 
 
 async def test_404_on_the_first_endpoint_falls_back_to_the_next(
