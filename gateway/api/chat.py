@@ -293,7 +293,19 @@ async def _pump(
     async with sender:
         for attempt in range(attempts):
             try:
-                await _relay(sender, prepared, dialect, services)
+                try:
+                    await _relay(sender, prepared, dialect, services)
+                except errors.UpstreamInvalidRequest as refused:
+                    if "signature" not in refused.message or not c.has_thinking(prepared.request):
+                        raise
+                    # Thinking signed elsewhere (another provider, another gateway): the
+                    # upstream refuses it, so replay the history without the thoughts.
+                    log.info("upstream refused the history's thinking signatures; "
+                             "sending it again without thinking blocks")
+                    prepared = attrs.evolve(
+                        prepared, request=c.without_thinking(prepared.request)
+                    )
+                    await _relay(sender, prepared, dialect, services)
                 return
             except _StreamBroken as broken:
                 if attempt + 1 < attempts:

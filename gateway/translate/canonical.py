@@ -238,6 +238,34 @@ class ChatResponse:
     stop_sequence: str | None = None
 
 
+def without_thinking(request: ChatRequest) -> ChatRequest:
+    """The request with every thinking block removed from its history.
+
+    For a history whose signatures the upstream refuses (written by another provider or
+    another gateway): the conversation goes on, without the replayed thoughts.
+    """
+    messages = tuple(
+        attrs.evolve(
+            message,
+            content=tuple(
+                block
+                for block in message.content
+                if not isinstance(block, ThinkingBlock | RedactedThinkingBlock)
+            ),
+        )
+        for message in request.messages
+    )
+    return attrs.evolve(request, messages=messages)
+
+
+def has_thinking(request: ChatRequest) -> bool:
+    return any(
+        isinstance(block, ThinkingBlock | RedactedThinkingBlock)
+        for message in request.messages
+        for block in message.content
+    )
+
+
 def collect(
     events: Iterable[StreamEvent], *, response_id: str, model: str
 ) -> ChatResponse:
