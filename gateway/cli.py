@@ -301,7 +301,11 @@ def _limits(args: argparse.Namespace, config: Config) -> int:
             timeout=10,
         )
     except httpx.HTTPError as exc:
-        print(f"gateway: cannot reach {url}: {type(exc).__name__}", file=sys.stderr)
+        print(
+            f"gateway: cannot reach {url} ({type(exc).__name__}); is `gateway serve` running "
+            "there? Pass --url for another address.",
+            file=sys.stderr,
+        )
         return 1
     if response.status_code != 200:
         print(

@@ -183,11 +183,11 @@ async def verify_accounts(config: Config) -> str:
     A revoked grant (invalid_grant) marks the account invalid in the store; a successful
     refresh clears an earlier mark. Other failures (network, server) change nothing.
     """
-    check_client_configured(config.oauth)
     store = AccountStore(config.accounts.file)
     accounts = await store.aload()
     if not accounts:
         return f"No accounts in {store.path}. Add one with: gateway accounts add"
+    check_client_configured(config.oauth)
     results: dict[str, str] = {}
     invalid: dict[str, str] = {}
     revived: set[str] = set()

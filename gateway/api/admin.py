@@ -6,6 +6,7 @@ They read the supervisor's published snapshot and never call the upstream themse
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,16 @@ def _limits_json(snap: PoolSnapshot, now: float) -> dict[str, Any]:
     return {"timestamp": now, "accounts": accounts}
 
 
+def _duration(seconds: float) -> str:
+    """3723.4 -> '1h2m4s': what a person reads in a terminal."""
+    total = max(0, math.ceil(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
 def _limits_table(snap: PoolSnapshot) -> str:
     rows = [("ACCOUNT", "STATUS", "MODEL", "REMAINING", "RESETS", "COOLDOWN")]
     for entry in snap.entries:
@@ -133,7 +144,7 @@ def _limits_table(snap: PoolSnapshot) -> str:
                     model,
                     "-" if fraction is None else f"{fraction * 100:.0f}%",
                     reset_time or "-",
-                    "-" if cooldown is None else f"{cooldown:.0f}s",
+                    "-" if cooldown is None else _duration(cooldown),
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
