@@ -58,6 +58,7 @@ def hypercorn_config(config: Config) -> HyperConfig:
     hyper.errorlog = logging.getLogger("hypercorn.error")
     hyper.keep_alive_timeout = 75  # longer than common proxy idle timeouts
     hyper.h2_max_concurrent_streams = 256
+    hyper.backlog = 2048  # bursts of new connections must not be refused (default 100)
     return hyper
 
 

@@ -53,7 +53,10 @@ def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:
         write=config.read_timeout_seconds,
         pool=config.connect_timeout_seconds,
     )
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    # No cap on connections: over HTTP/1.1 each open upstream stream is one connection, and a
+    # cap would queue streams behind each other (and delay a disconnect's close) long before
+    # any real limit; the bound is the number of client streams, i.e. file descriptors.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
     return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
 
 

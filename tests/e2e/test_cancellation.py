@@ -175,3 +175,4 @@ async def test_idle_streams_get_keepalives(
     # the keep-alives did not break the stream's grammar: it still finishes properly
     tail = b"event: message_stop" if api == "anthropic" else b"data: [DONE]"
     assert tail in response.content
+

@@ -1,0 +1,5 @@
+"""Run the load benchmark: `python -m bench --help`."""
+
+from bench.cli import main
+
+main()

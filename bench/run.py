@@ -1,0 +1,442 @@
+"""One benchmark run: start the processes, measure every phase, assemble the result.
+
+`run_bench(settings)` starts the emulator and (unless only the baseline is asked for) the
+gateway, each a child process on loopback, then measures in this order: load (every HTTP
+version, kind and concurrency, with the baseline and each gateway face measured back to back
+at each step so slow drift hits all alike), the optional LiteLLM proxy, client-disconnect
+propagation, and last the idle streams, which leave the emulator holding answers back. Each
+phase sets the emulator's streaming shape it needs. The result is a plain dict ready for JSON
+plus the load rows the renderers use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from bench.loadgen import Http, client_set, run_load
+from bench.probes import DisconnectResult, IdleResult, disconnect_latency, idle_streams
+from bench.procs import Service, running_emulator, running_gateway, running_litellm
+from bench.report import LoadRow, compare, load_row
+from bench.workload import (
+    StreamShape,
+    Target,
+    Upstream,
+    anthropic_target,
+    baseline_target,
+    configure_emulator,
+    fetch_upstream,
+    forget_requests,
+    openai_target,
+)
+
+GatewayFace = Literal["anthropic", "openai"]
+DISCONNECT_SHAPE_DELAY = 0.05  # seconds between chunks while a dropped stream would still run
+IDLE_SHAPE_DELAY = 600.0  # the emulator holds an idle stream's chunks back this long
+
+
+@attrs.frozen(slots=True)
+class Settings:
+    """Everything one run measures; `python -m bench --help` documents each field."""
+
+    out: Path
+    levels: tuple[int, ...] = (1, 10, 100, 500)
+    http: tuple[Http, ...] = ("1.1", "h2c")
+    faces: tuple[GatewayFace, ...] = ("anthropic", "openai")
+    kinds: tuple[bool, ...] = (False, True)  # False = unary, True = stream
+    requests: int = 100  # at least this many requests per run...
+    rounds: int = 2  # ...and at least `rounds` per concurrent task
+    run_seconds: float = 60.0  # wall-clock cap on one run
+    warmup: bool = True
+    chunk_delay: float = 0.001
+    chunks: int = 32
+    chunk_chars: int = 24
+    model: str = "claude-sonnet-4-5"
+    idle_streams: int = 2000
+    idle_http: tuple[Http, ...] = ("1.1", "h2c")
+    disconnect_trials: int = 20
+    litellm: bool = True
+    example: bool = False
+    quick: bool = False
+    log_level: str = "warning"
+
+    def total(self, level: int) -> int:
+        return max(self.requests, self.rounds * level)
+
+    def to_json(self) -> dict[str, Any]:
+        out = attrs.asdict(self)
+        out["out"] = str(self.out)
+        return out
+
+
+@attrs.define(slots=True)
+class Rig:
+    """The running processes and what the baseline needs to talk to the emulator."""
+
+    emulator: Service
+    gateway: Service | None
+    upstream: Upstream
+    workdir: Path
+    started: float
+    notes: list[str]
+
+    def progress(self, text: str) -> None:
+        print(f"[{trio.current_time() - self.started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def raise_fd_limit() -> int:
+    """Lift the open-file soft limit to the hard limit (children inherit it); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def host_facts() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("trio", "httpx", "httpcore", "h2", "h11", "hypercorn", "quart-trio"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def gateway_target(face: GatewayFace, gateway_url: str, model: str, *, stream: bool) -> Target:
+    if face == "anthropic":
+        return anthropic_target(gateway_url, model, stream=stream)
+    return openai_target(gateway_url, model, stream=stream)
+
+
+async def measure(
+    rig: Rig,
+    proxy: Service | None,
+    target: Target,
+    settings: Settings,
+    *,
+    http: Http,
+    level: int,
+) -> LoadRow:
+    """One run: warm `level` connections up, then time `settings.total(level)` requests."""
+    total = settings.total(level)
+    await forget_requests(rig.emulator.url)
+    async with client_set(http, level) as clients:
+        if settings.warmup:
+            # opens every connection the run will use, so the run times requests, not handshakes
+            await run_load(
+                clients, target, concurrency=level, total=max(level, 3),
+                deadline=settings.run_seconds,
+            )
+        proxy_cpu = proxy.cpu_seconds() if proxy else 0.0
+        emulator_cpu = rig.emulator.cpu_seconds()
+        client_cpu = time.process_time()
+        result = await run_load(
+            clients, target, concurrency=level, total=total, deadline=settings.run_seconds
+        )
+        row = load_row(
+            result,
+            http=http,
+            level=level,
+            stream=target.stream,
+            face=target.face,
+            proxy_cpu=(proxy.cpu_seconds() - proxy_cpu) if proxy else 0.0,
+            emulator_cpu=rig.emulator.cpu_seconds() - emulator_cpu,
+            client_cpu=time.process_time() - client_cpu,
+        )
+    rig.progress(
+        f"{http:>3} conc={level:<4} {'stream' if target.stream else 'unary':6} "
+        f"{target.face:9} {row.ok}/{row.requests} ok, {row.rps:.1f} req/s"
+        + (f", first error: {row.first_error}" if row.first_error else "")
+    )
+    return row
+
+
+def _check_alive(rig: Rig, *services: Service | None) -> None:
+    for service in services:
+        if service is not None and not service.alive():
+            raise RuntimeError(f"the {service.name} process exited during the run")
+
+
+async def load_phase(rig: Rig, settings: Settings) -> list[LoadRow]:
+    shape = StreamShape(settings.chunk_delay, settings.chunks, settings.chunk_chars)
+    await configure_emulator(rig.emulator.url, shape)
+    rows: list[LoadRow] = []
+    for http in settings.http:
+        for stream in settings.kinds:
+            for level in settings.levels:
+                targets: list[tuple[Service | None, Target]] = [
+                    (None, baseline_target(rig.upstream, settings.model, stream=stream))
+                ]
+                if rig.gateway is not None:
+                    targets += [
+                        (rig.gateway,
+                         gateway_target(face, rig.gateway.url, settings.model, stream=stream))
+                        for face in settings.faces
+                    ]
+                for proxy, target in targets:
+                    rows.append(await measure(rig, proxy, target, settings, http=http,
+                                              level=level))
+                    _check_alive(rig, rig.emulator, rig.gateway)
+    return rows
+
+
+async def litellm_phase(
+    rig: Rig, settings: Settings, workdir: Path
+) -> tuple[list[LoadRow], dict[str, Any]]:
+    """The same load through a LiteLLM proxy in front of the gateway, if LiteLLM is installed."""
+    if not settings.litellm:
+        return [], {"status": "off", "note": "LiteLLM comparison turned off (--no-litellm)."}
+    if importlib.util.find_spec("litellm") is None:
+        note = (
+            "LiteLLM is not installed, so the LiteLLM comparison was skipped (the harness "
+            "never installs it; `pip install 'litellm[proxy]'` into this venv to include it)."
+        )
+        return [], {"status": "skipped", "note": note}
+    if rig.gateway is None:
+        return [], {"status": "skipped", "note": "LiteLLM needs the gateway; none was started."}
+    rows: list[LoadRow] = []
+    try:
+        async with running_litellm(workdir, rig.gateway.url, settings.model) as litellm:
+            for stream in settings.kinds:
+                for level in settings.levels:
+                    target = openai_target(
+                        litellm.url, settings.model, stream=stream, face="litellm"
+                    )
+                    rows.append(await measure(rig, litellm, target, settings, http="1.1",
+                                              level=level))
+                    _check_alive(rig, rig.emulator, rig.gateway, litellm)
+    except Exception as exc:  # LiteLLM is optional: its failure is a note, not a failed run
+        note = f"LiteLLM is installed but its proxy failed: {type(exc).__name__}: {exc}"
+        return rows, {"status": "failed", "note": note[:2000]}
+    note = (
+        "LiteLLM proxy (HTTP/1.1 only) in front of the gateway's OpenAI face; its rows "
+        "(face litellm) measure LiteLLM plus the gateway against the same baseline, and "
+        "chunks/core-s counts LiteLLM's CPU only."
+    )
+    return rows, {"status": "measured", "note": note}
+
+
+async def disconnect_phase(rig: Rig, settings: Settings) -> list[DisconnectResult]:
+    if settings.disconnect_trials <= 0:
+        return []
+    # long, slow streams: a dropped stream would otherwise run for chunks x delay seconds
+    await configure_emulator(
+        rig.emulator.url,
+        StreamShape(DISCONNECT_SHAPE_DELAY, max(settings.chunks, 600), settings.chunk_chars),
+    )
+    paths: list[tuple[str, Target]] = [
+        ("baseline", baseline_target(rig.upstream, settings.model, stream=True))
+    ]
+    if rig.gateway is not None and settings.faces:
+        face = settings.faces[0]
+        paths.insert(
+            0, (f"gateway {face}",
+                gateway_target(face, rig.gateway.url, settings.model, stream=True))
+        )
+    results = []
+    for http in settings.http:
+        drops: Sequence[Literal["close", "reset"]] = (
+            ("close", "reset") if http == "h2c" else ("close",)
+        )
+        for drop in drops:
+            for path, target in paths:
+                result = await disconnect_latency(
+                    http, path, target, rig.emulator.url,
+                    tries=settings.disconnect_trials, drop=drop,
+                )
+                rig.progress(
+                    f"disconnect {http} {drop} {path}: {result.measured}/{result.tries}, "
+                    f"p50 {result.p50_ms} ms"
+                )
+                results.append(result)
+    return results
+
+
+async def idle_phase(rig: Rig, settings: Settings) -> list[IdleResult]:
+    """Per HTTP version, a fresh gateway: RSS never shrinks back, so a reused process would
+    hide the second measurement's growth in memory freed by the first."""
+    if settings.idle_streams <= 0 or not settings.idle_http:
+        return []
+    if not settings.faces:
+        rig.notes.append("idle streams not measured: no gateway face was benchmarked")
+        return []
+    face = settings.faces[0]
+    load_shape = StreamShape(settings.chunk_delay, settings.chunks, settings.chunk_chars)
+    results = []
+    for http in settings.idle_http:
+        async with running_gateway(
+            rig.workdir, rig.emulator.url, log_level=settings.log_level, name=f"gateway-idle-{http}"
+        ) as gateway:
+            target = gateway_target(face, gateway.url, settings.model, stream=True)
+            # a few whole answers first, so start-up allocations are not counted per stream
+            await configure_emulator(rig.emulator.url, load_shape)
+            async with client_set(http, 1) as clients:
+                await run_load(clients, target, concurrency=1, total=5, deadline=30.0)
+            await configure_emulator(
+                rig.emulator.url, StreamShape(IDLE_SHAPE_DELAY, 2, settings.chunk_chars)
+            )
+            await trio.sleep(0.5)
+            result = await idle_streams(
+                http, target, rig.emulator.url, gateway.rss_kib, count=settings.idle_streams
+            )
+            _check_alive(rig, rig.emulator, gateway)
+            rig.notes.extend(_log_notes(gateway))
+        rig.progress(
+            f"idle {http}: {result.opened}/{result.requested} open"
+            + (" (stalled)" if result.stalled else "")
+            + f", {result.rss_per_stream_kib} KiB/stream, {result.client_errors} client errors"
+        )
+        results.append(result)
+        rig.notes.extend(_idle_notes(result))
+    return results
+
+
+def _idle_notes(result: IdleResult) -> list[str]:
+    notes = []
+    if result.stalled:
+        notes.append(
+            f"idle {result.http}: stopped at {result.opened} of {result.requested} streams, "
+            "as a batch of 100 did not open within 10 s (a limit was hit; see bench/README.md, "
+            "Caveats)"
+        )
+    if not result.drained:
+        notes.append(
+            f"idle {result.http}: {result.still_open} upstream streams were still open "
+            f"{result.seconds_to_drain:.0f} s after their clients went away"
+        )
+    return notes
+
+
+def _log_notes(service: Service) -> list[str]:
+    """A note if a child logged errors: figures from a failing process need a caveat."""
+    try:
+        lines = service.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    bad = [line for line in lines if "ERROR" in line or "Traceback" in line]
+    if not bad:
+        return []
+    return [f"the {service.name} process logged {len(bad)} error line(s); first: {bad[0][:300]}"]
+
+
+def _row_notes(rows: Sequence[LoadRow]) -> list[str]:
+    notes = []
+    for row in rows:
+        if row.errors:
+            notes.append(
+                f"{row.http} conc={row.level} {row.kind} {row.face}: {row.errors} of "
+                f"{row.requests} requests failed (first: {row.first_error})"
+            )
+        if row.timed_out:
+            notes.append(
+                f"{row.http} conc={row.level} {row.kind} {row.face}: hit the "
+                f"{row.seconds:.0f}s run cap after {row.requests} requests"
+            )
+    return notes
+
+
+async def run_bench(
+    settings: Settings, workdir: Path, command: str
+) -> tuple[dict[str, Any], list[LoadRow]]:
+    """Run every phase and return (result for JSON, load rows for the renderers)."""
+    started_at = datetime.now(UTC)
+    fd_limit = raise_fd_limit()
+    notes: list[str] = []
+    if fd_limit < 2 * settings.idle_streams + 512:
+        notes.append(
+            f"open-file limit {fd_limit} is low for {settings.idle_streams} idle streams "
+            "(each needs a client and an upstream socket): raise `ulimit -n`"
+        )
+    async with AsyncExitStack() as stack:
+        emulator = await stack.enter_async_context(running_emulator(workdir))
+        # tokens outlive the run, so the baseline's token never expires mid-measurement
+        await configure_emulator(
+            emulator.url,
+            StreamShape(settings.chunk_delay, settings.chunks, settings.chunk_chars),
+            token_lifetime_seconds=24 * 3600,
+        )
+        upstream = await fetch_upstream(emulator.url)
+        gateway = None
+        if settings.faces:
+            gateway = await stack.enter_async_context(
+                running_gateway(workdir, emulator.url, log_level=settings.log_level)
+            )
+        rig = Rig(emulator, gateway, upstream, workdir, trio.current_time(), notes)
+        rig.progress(
+            f"emulator pid {emulator.pid} at {emulator.url}"
+            + (f", gateway pid {gateway.pid} at {gateway.url}" if gateway else "")
+        )
+        rows = await load_phase(rig, settings)
+        litellm_rows, litellm = await litellm_phase(rig, settings, workdir)
+        rows += litellm_rows
+        disconnect = await disconnect_phase(rig, settings)
+        idle = await idle_phase(rig, settings)
+        processes = {
+            s.name: {"pid": s.pid, "cpu_seconds": round(s.cpu_seconds(), 2),
+                     "rss_kib_at_end": s.rss_kib()}
+            for s in (emulator, gateway) if s is not None
+        }
+        log_notes = [n for s in (emulator, gateway) if s is not None for n in _log_notes(s)]
+    compare(rows, notes)
+    notes += _row_notes(rows) + log_notes
+    if litellm.get("status") != "measured":
+        notes.append(str(litellm["note"]))
+    result = {
+        "meta": {
+            "started_at": started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "duration_seconds": round((datetime.now(UTC) - started_at).total_seconds(), 1),
+            "command": command,
+            "host": host_facts(),
+            "versions": _versions(),
+            "open_file_limit": fd_limit,
+            "settings": settings.to_json(),
+            "processes": processes,
+            "notes": notes,
+        },
+        "load": [row.to_json() for row in rows],
+        "idle": [i.to_json() for i in idle],
+        "disconnect": [d.to_json() for d in disconnect],
+        "litellm": litellm,
+    }
+    return result, rows
