@@ -38,6 +38,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 access_log = logging.getLogger("gateway.access")
+
+SEND_SHIELD_SECONDS = 60.0
 log = logging.getLogger("gateway")
 
 
@@ -182,7 +184,18 @@ async def handle_chat(
             message = {**message, "headers": headers}
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             outcome.finished = True
-        await raw_send(message)
+        if message["type"] != "http.response.start":
+            await raw_send(message)
+            return
+        # The status line is shielded: when writing it finds the client's h2 connection
+        # broken, hypercorn closes every stream of that connection from inside this call,
+        # telling each app it disconnected. Cancelled half-way (by this request's own
+        # disconnect watcher), that loop skips one stream, whose request then holds its
+        # upstream stream open for ever. Headers are not flow-controlled, so this does not
+        # wait on the client; the deadline bounds it anyway.
+        with trio.move_on_after(SEND_SHIELD_SECONDS) as shield:
+            shield.shield = True
+            await raw_send(message)
 
     stream = False
     try:

@@ -176,3 +176,43 @@ async def test_idle_streams_get_keepalives(
     tail = b"event: message_stop" if api == "anthropic" else b"data: [DONE]"
     assert tail in response.content
 
+
+
+async def test_h2_connections_closing_under_load_leave_no_upstream_open(
+    start_gateway: Callable[..., Any], emulator: RunningEmulator
+) -> None:
+    """Many h2 streams per connection, committed by keep-alives, then every client goes.
+
+    Regression: when a keep-alive's status line found the connection broken, hypercorn
+    closed the connection's streams from inside that send; the request's own disconnect
+    cancelled it half-way and one stream per connection never heard of the disconnect, so
+    its upstream stream stayed open for ever.
+    """
+    gateway = await start_gateway(server={"keepalive_seconds": 1.0})
+    emulator.state.chunk_delay_seconds = 600  # the upstream says nothing: keep-alives only
+    streams, connections = 1200, 12
+    clients = [httpx.AsyncClient(http1=False, http2=True, timeout=None)
+               for _ in range(connections)]
+
+    async def hold(client: httpx.AsyncClient) -> None:
+        request = client.build_request("POST", gateway.url + "/v1/messages", json=ANTHROPIC_BODY)
+        await client.send(request, stream=True)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        # streams keep arriving, so keep-alive status lines are being written (committing
+        # each stream a second after it opened) at the moment the clients go away
+        for i in range(streams):
+            nursery.start_soon(hold, clients[i % connections])
+            if i % 100 == 99:
+                await trio.sleep(0.1)
+        await trio.sleep(0.6)
+        nursery.cancel_scope.cancel()
+    for client in clients:
+        await client.aclose()
+    with trio.fail_after(10):
+        while emulator.state.open_streams:
+            await trio.sleep(0.05)
+    with trio.fail_after(5):
+        while gateway.services.metrics.open_streams._value.get():
+            await trio.sleep(0.05)
