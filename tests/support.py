@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from gateway.config import Config
+
+if TYPE_CHECKING:
+    import httpx
+    import trio
+
+    from gateway.accounts.pool import AccountPool
+    from gateway.accounts.store import AccountStore
+    from gateway.accounts.supervisor import Supervisor
+    from gateway.metrics import Metrics
+    from gateway.upstream.dispatch import Dispatcher
 
 
 @attrs.define
@@ -37,3 +48,21 @@ def fast_config(base: Config, **sections: dict[str, Any]) -> Config:
 def generation_requests(emulator: RunningEmulator) -> list[dict[str, Any]]:
     """Bodies of the generation calls the emulator received, oldest first."""
     return [r.body for r in emulator.state.received if "generatecontent" in r.path.lower()]
+
+
+@attrs.define
+class Rig:
+    """The account machinery without the web layer: pool, supervisor, dispatcher, against
+    the emulator (built by the `make_rig` fixture)."""
+
+    config: Config
+    store: AccountStore
+    pool: AccountPool
+    supervisor: Supervisor
+    dispatcher: Dispatcher
+    metrics: Metrics
+    http: httpx.AsyncClient
+    scope: trio.CancelScope
+
+
+MakeRig = Callable[..., Awaitable[Rig]]

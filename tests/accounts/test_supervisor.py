@@ -3,94 +3,25 @@ project discovery, quota probes and manual refreshes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+import functools
+from collections.abc import Callable
 from typing import Any
 
-import attrs
-import httpx
 import pytest
 import trio
 
 from gateway.accounts.model import Account
-from gateway.accounts.pool import AccountPool
-from gateway.accounts.store import AccountStore
-from gateway.accounts.supervisor import Supervisor, parse_quotas
-from gateway.config import Config
-from gateway.metrics import Metrics
-from gateway.upstream.client import CloudCodeClient, make_http_client
-from tests.support import RunningEmulator, fast_config
+from gateway.accounts.supervisor import parse_quotas
+from tests.support import MakeRig, Rig, RunningEmulator
 
 DEMO1 = "demo1@example.com"
 DEMO2 = "demo2@example.com"
 
 
-@attrs.define
-class Rig:
-    config: Config
-    store: AccountStore
-    pool: AccountPool
-    supervisor: Supervisor
-    metrics: Metrics
-    http: httpx.AsyncClient
-    scope: trio.CancelScope
-
-
-MakeRig = Callable[..., Awaitable[Rig]]
-
-
 @pytest.fixture
-async def make_rig(
-    nursery: trio.Nursery, emulator: RunningEmulator, tmp_path: Path
-) -> AsyncIterator[MakeRig]:
-    from gateway.cli import demo_config, write_demo_accounts
-
-    made: list[Rig] = []
-
-    async def make(
-        *,
-        stored: list[Account] | None = None,
-        start: bool = True,
-        startup_wait_seconds: float = 10.0,
-        **sections: dict[str, Any],
-    ) -> Rig:
-        path = str(tmp_path / f"accounts-{len(made)}.json")
-        if stored is None:
-            await write_demo_accounts(path)
-        else:
-            await AccountStore(path).asave(stored)
-        config = fast_config(
-            demo_config(Config(), emulator.url, path),
-            upstream={"retry_backoff_seconds": 0.01, **sections.pop("upstream", {})},
-            **sections,
-        )
-        store = AccountStore(path)
-        http = make_http_client(config.upstream)
-        client = CloudCodeClient(http, config.upstream)
-        pool = AccountPool(await store.aload(), selection=config.accounts.selection)
-        metrics = Metrics()
-        supervisor = Supervisor(
-            pool=pool, store=store, client=client, config=config, metrics=metrics,
-            probe_min_gap_seconds=0.0, startup_wait_seconds=startup_wait_seconds,
-        )
-        rig = Rig(config, store, pool, supervisor, metrics, http, trio.CancelScope())
-        made.append(rig)
-        if start:
-            await start_supervisor(nursery, rig)
-        return rig
-
-    yield make
-    for rig in made:
-        rig.scope.cancel()
-        await rig.http.aclose()
-
-
-async def start_supervisor(nursery: trio.Nursery, rig: Rig) -> None:
-    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with rig.scope:
-            await rig.supervisor.run(task_status=task_status)
-
-    await nursery.start(run)
+def make_rig(make_rig: MakeRig) -> MakeRig:
+    """The shared rig, probing quotas as often as a test asks."""
+    return functools.partial(make_rig, probe_min_gap_seconds=0.0)
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:

@@ -3,85 +3,21 @@ token renewal, endpoint and model fallback, and what reaches the client when all
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import pytest
 import trio
 
 from gateway import errors
-from gateway.accounts.pool import AccountPool
-from gateway.accounts.store import AccountStore
-from gateway.accounts.supervisor import Supervisor
-from gateway.config import Config
-from gateway.metrics import Metrics
 from gateway.translate.cloudcode import EmptyUpstreamResponse
 from gateway.translate.models import ModelInfo, infer_model
-from gateway.upstream.client import CloudCodeClient, UpstreamHTTPError, make_http_client
-from gateway.upstream.dispatch import Dispatcher
-from tests.support import RunningEmulator, fast_config
+from gateway.upstream.client import UpstreamHTTPError
+from tests.support import MakeRig, Rig, RunningEmulator
 
 DEMO1 = "demo1@example.com"
 DEMO2 = "demo2@example.com"
 SONNET = infer_model("claude-sonnet-4-5")
-
-
-@attrs.define
-class Rig:
-    config: Config
-    pool: AccountPool
-    supervisor: Supervisor
-    dispatcher: Dispatcher
-    metrics: Metrics
-    http: httpx.AsyncClient
-    scope: trio.CancelScope
-
-
-MakeRig = Callable[..., Awaitable[Rig]]
-
-
-@pytest.fixture
-async def make_rig(
-    nursery: trio.Nursery, emulator: RunningEmulator, tmp_path: Path
-) -> AsyncIterator[MakeRig]:
-    from gateway.cli import demo_config, write_demo_accounts
-
-    made: list[Rig] = []
-
-    async def make(**sections: dict[str, Any]) -> Rig:
-        path = str(tmp_path / f"accounts-{len(made)}.json")
-        await write_demo_accounts(path)
-        config = fast_config(
-            demo_config(Config(), emulator.url, path),
-            upstream={"retry_backoff_seconds": 0.01, **sections.pop("upstream", {})},
-            **sections,
-        )
-        store = AccountStore(path)
-        http = make_http_client(config.upstream)
-        client = CloudCodeClient(http, config.upstream)
-        pool = AccountPool(await store.aload(), selection=config.accounts.selection)
-        metrics = Metrics()
-        supervisor = Supervisor(
-            pool=pool, store=store, client=client, config=config, metrics=metrics
-        )
-        dispatcher = Dispatcher(pool, supervisor, client, config, metrics=metrics)
-        rig = Rig(config, pool, supervisor, dispatcher, metrics, http, trio.CancelScope())
-        made.append(rig)
-
-        async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with rig.scope:
-                await supervisor.run(task_status=task_status)
-
-        await nursery.start(run)
-        return rig
-
-    yield make
-    for rig in made:
-        rig.scope.cancel()
-        await rig.http.aclose()
 
 
 def build_body(project: str, model: ModelInfo) -> dict[str, Any]:
