@@ -46,6 +46,38 @@ class UpstreamHTTPError(Exception):
         return f"upstream {self.body}" if self.body else "upstream unreachable"
 
 
+# httpcore's pool re-scans every connection on each request and each close, so its cost per
+# request grows with the number of open connections (one per HTTP/1.1 stream). Spreading
+# streams over a few pools keeps each scan short; at a few hundred concurrent streams the
+# scans were most of the gateway's CPU.
+POOL_SHARDS = 16
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Round-robin over several connection pools (each uncapped, keep-alive shared out)."""
+
+    def __init__(self, shards: int, *, keepalive: int) -> None:
+        per_shard = max(1, keepalive // shards)
+        tls = httpx.create_ssl_context()  # one: building each loads the CA bundle (~30 ms)
+        self._shards = [
+            httpx.AsyncHTTPTransport(
+                verify=tls,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=per_shard),
+            )
+            for _ in range(shards)
+        ]
+        self._next = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        shard = self._shards[self._next]
+        self._next = (self._next + 1) % len(self._shards)
+        return await shard.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
 def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:
     timeout = httpx.Timeout(
         connect=config.connect_timeout_seconds,
@@ -56,8 +88,8 @@ def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:
     # No cap on connections: over HTTP/1.1 each open upstream stream is one connection, and a
     # cap would queue streams behind each other (and delay a disconnect's close) long before
     # any real limit; the bound is the number of client streams, i.e. file descriptors.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    transport = ShardedTransport(POOL_SHARDS, keepalive=128)
+    return httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
 
 
 class CloudCodeClient:
