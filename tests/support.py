@@ -66,3 +66,20 @@ class Rig:
 
 
 MakeRig = Callable[..., Awaitable[Rig]]
+
+
+# Canonical stream events as golden JSON: {"event": "<class name>", **fields}.
+def event_from_json(data: dict[str, Any]) -> Any:
+    from gateway.translate import canonical as c
+
+    kinds: dict[str, type[Any]] = {
+        cls.__name__: cls
+        for cls in (
+            c.BlockStart, c.TextDelta, c.ThinkingDelta, c.SignatureDelta, c.ToolInputDelta,
+            c.BlockStop, c.ToolSignature, c.UsageUpdate, c.MessageEnd,
+        )
+    }
+    fields = {k: v for k, v in data.items() if k != "event"}
+    if "usage" in fields:
+        fields["usage"] = c.Usage(**fields["usage"])
+    return kinds[data["event"]](**fields)

@@ -38,6 +38,7 @@ from gateway.translate.anthropic import (
 from gateway.translate.cloudcode import CloudCodeDecoder
 from gateway.translate.models import resolve_model
 from gateway.translate.tokens import estimate_tokens
+from tests.support import event_from_json
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"
 UPDATE = os.environ.get("GATEWAY_UPDATE_GOLDEN") == "1"
@@ -436,31 +437,8 @@ def check_grammar(out: Sequence[SSEEvent], *, complete: bool) -> None:
         assert open_index is None
 
 
-EVENT_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        c.BlockStart,
-        c.TextDelta,
-        c.ThinkingDelta,
-        c.SignatureDelta,
-        c.ToolInputDelta,
-        c.BlockStop,
-        c.ToolSignature,
-        c.UsageUpdate,
-        c.MessageEnd,
-    )
-}
-
-
 def event_to_json(event: c.StreamEvent) -> dict[str, Any]:
     return {"event": type(event).__name__, **as_json(event)}
-
-
-def event_from_json(data: dict[str, Any]) -> c.StreamEvent:
-    fields = {k: v for k, v in data.items() if k != "event"}
-    if "usage" in fields:
-        fields["usage"] = c.Usage(**fields["usage"])
-    return EVENT_TYPES[data["event"]](**fields)  # type: ignore[no-any-return]
 
 
 STREAMS: dict[str, list[c.StreamEvent]] = {

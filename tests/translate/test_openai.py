@@ -26,6 +26,7 @@ from gateway import errors
 from gateway.translate import canonical as c
 from gateway.translate import openai as wire
 from gateway.upstream.sse import encode_event
+from tests.support import event_from_json
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "openai"
 UPDATE = os.environ.get("GATEWAY_UPDATE_GOLDEN") == "1"
@@ -70,36 +71,12 @@ BLOCKS: dict[str, type[Any]] = {
     "redacted_thinking": c.RedactedThinkingBlock,
     "tool_use": c.ToolUseBlock,
 }
-EVENTS: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        c.BlockStart,
-        c.TextDelta,
-        c.ThinkingDelta,
-        c.SignatureDelta,
-        c.ToolInputDelta,
-        c.BlockStop,
-        c.ToolSignature,
-        c.UsageUpdate,
-        c.MessageEnd,
-    )
-}
-
-
 def response_from_json(data: dict[str, Any]) -> c.ChatResponse:
     content = tuple(
         BLOCKS[b["type"]](**{k: v for k, v in b.items() if k != "type"}) for b in data["content"]
     )
     fields = {k: v for k, v in data.items() if k not in ("content", "usage")}
     return c.ChatResponse(content=content, usage=c.Usage(**data["usage"]), **fields)
-
-
-def event_from_json(data: dict[str, Any]) -> c.StreamEvent:
-    fields = {k: v for k, v in data.items() if k != "event"}
-    if "usage" in fields:
-        fields["usage"] = c.Usage(**fields["usage"])
-    event: c.StreamEvent = EVENTS[data["event"]](**fields)
-    return event
 
 
 def encode_all(events: list[c.StreamEvent], *, include_usage: bool) -> list[dict[str, Any]]:
