@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     remove = acc.add_parser("remove", help="remove an account")
     remove.add_argument("email")
     acc.add_parser("verify", help="refresh every account's token and report")
+    imp = acc.add_parser(
+        "import", help="import accounts from antigravity-claude-proxy's accounts.json"
+    )
+    imp.add_argument(
+        "path", nargs="?", default=None,
+        help="accounts file (default ~/.config/antigravity-proxy/accounts.json)",
+    )
 
     limits = sub.add_parser(
         "limits", help="show quotas and cooldowns of a running gateway", parents=[config_option]
@@ -282,6 +289,9 @@ def _accounts(args: argparse.Namespace, config: Config) -> int:
     if action == "verify":
         print(trio.run(commands.verify_accounts, config))
         return 0
+    if action == "import":
+        plan = trio.run(partial(commands.import_accounts, config, args.path, write=print))
+        return 0 if plan.accounts else 1
     raise AssertionError(action)
 
 

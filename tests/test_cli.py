@@ -51,3 +51,16 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
     directory = gateway("--config", str(tmp_path), "serve")
     assert directory.returncode == 2
     assert "cannot be read" in directory.stderr
+
+
+def test_accounts_import(tmp_path: Path) -> None:
+    source = Path(__file__).parent / "fixtures" / "accounts" / "antigravity-claude-proxy.json"
+    env = {"GATEWAY_ACCOUNTS_FILE": str(tmp_path / "accounts.json")}
+    result = gateway("accounts", "import", str(source), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "2 added" in result.stdout
+    listing = gateway("accounts", "list", env=env)
+    assert "demo1@example.com" in listing.stdout and "demo-project-2" in listing.stdout
+    missing = gateway("accounts", "import", str(tmp_path / "none.json"), env=env)
+    assert missing.returncode == 2
+    assert "no accounts file" in missing.stderr and "Traceback" not in missing.stderr

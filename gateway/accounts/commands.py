@@ -1,17 +1,20 @@
-"""The account commands behind `gateway accounts add | list | remove | verify`.
+"""The account commands behind `gateway accounts add | list | remove | verify | import`.
 
 Each command takes the validated `Config` and talks to the user only through the callables
 it is given (`write`, `read_line`, `open_browser`), so the command line, tests and any other
 front end share them. Adding signs in with Google (browser with a loopback redirect, or a
 URL to visit and a redirect to paste back), learns the email and the Cloud Code project, and
-stores the account; verifying refreshes every stored token and marks revoked ones invalid.
+stores the account; verifying refreshes every stored token and marks revoked ones invalid;
+importing merges another proxy's accounts file (antigravity-claude-proxy's format) into ours.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 
 import attrs
 import trio
@@ -31,7 +34,7 @@ from gateway.accounts.oauth import (
     refresh_access_token,
     run_local_callback_flow,
 )
-from gateway.accounts.store import AccountStore
+from gateway.accounts.store import AccountStore, AccountStoreError
 from gateway.config import Config
 from gateway.upstream.client import CloudCodeClient, make_http_client
 
@@ -220,3 +223,168 @@ async def verify_accounts(config: Config) -> str:
 
         await store.aupdate(mark)
     return _table(("EMAIL", "RESULT"), [(a.email, results[a.email]) for a in accounts])
+
+
+# -- importing another proxy's accounts ----------------------------------------------------
+
+# Where antigravity-claude-proxy keeps its accounts (its `accountConfigPath` default).
+REFERENCE_ACCOUNTS_FILE = "~/.config/antigravity-proxy/accounts.json"
+
+
+@attrs.frozen(slots=True)
+class ImportPlan:
+    """What an accounts file holds that this gateway can use, and what it cannot."""
+
+    accounts: tuple[Account, ...]
+    skipped: tuple[tuple[str, str], ...]  # (email or "entry N", reason)
+
+
+def _epoch(value: object) -> float:
+    """`addedAt` as seconds: an ISO string or epoch milliseconds/seconds, else 0."""
+    if isinstance(value, bool):
+        return 0.0
+    if isinstance(value, int | float):
+        return float(value) / 1000 if value > 10**11 else float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def _text(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def plan_import(data: object) -> ImportPlan:
+    """The accounts in an antigravity-claude-proxy `accounts.json` (pure).
+
+    Also reads the bare list its web UI exports (`[{email, refresh_token}]`) and this
+    gateway's own file. A reference refresh token may be composite,
+    `token|projectId|managedProjectId`; the managed project is the Cloud Code one. Entries
+    without a refresh token (the reference's `manual` and `database` sources hold only an
+    access token) cannot be refreshed here and are skipped, saying why.
+    """
+    entries = data.get("accounts") if isinstance(data, Mapping) else data
+    if not isinstance(entries, list):
+        raise ValueError("no 'accounts' list (expected antigravity-claude-proxy's accounts.json)")
+    accounts: dict[str, Account] = {}
+    skipped: list[tuple[str, str]] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            skipped.append((f"entry {index}", "not an object"))
+            continue
+        email = _text(entry.get("email"))
+        if email is None or "@" not in email:
+            skipped.append((f"entry {index}", "no email address"))
+            continue
+        raw_token = _text(entry.get("refreshToken")) or _text(entry.get("refresh_token"))
+        if raw_token is None:
+            source = _text(entry.get("source")) or "unknown"
+            skipped.append((email, f"no refresh token (source {source!r}); add it with "
+                                   "`gateway accounts add`"))
+            continue
+        token, _, rest = raw_token.partition("|")
+        user_project, _, managed_project = rest.partition("|")
+        project = (
+            _text(managed_project)
+            or _text(entry.get("project_id"))
+            or _text(entry.get("projectId"))
+            or _text(user_project)
+        )
+        subscription = entry.get("subscription")
+        tier = _text(entry.get("tier"))
+        if tier is None and isinstance(subscription, Mapping):
+            tier = _text(subscription.get("tier"))
+        if tier == "unknown":
+            tier = None
+        invalid: str | None = None
+        if entry.get("isInvalid") is True:
+            invalid = _text(entry.get("invalidReason")) or "marked invalid by the proxy"
+        elif isinstance(entry.get("invalid_reason"), str):
+            invalid = _text(entry.get("invalid_reason"))
+        enabled = entry.get("enabled", True)
+        account = Account(
+            email=email,
+            refresh_token=token.strip(),
+            project_id=project,
+            tier=tier,
+            added_at=_epoch(entry.get("addedAt", entry.get("added_at"))),
+            enabled=enabled if isinstance(enabled, bool) else True,
+            invalid_reason=invalid,
+        )
+        if email in accounts:
+            skipped.append((email, "listed twice; the later entry wins"))
+        accounts[email] = account
+    return ImportPlan(tuple(accounts.values()), tuple(skipped))
+
+
+async def import_accounts(config: Config, path: str | None, *, write: Write) -> ImportPlan:
+    """Merge another proxy's accounts into this gateway's store (atomically).
+
+    An email already stored gets the imported refresh token, project and tier (keeping its
+    place, `added_at` and `enabled`); new emails are appended. Raises AccountStoreError for
+    a file that cannot be read, naming it.
+    """
+    source = await trio.Path(path or REFERENCE_ACCOUNTS_FILE).expanduser()
+    try:
+        raw = await source.read_bytes()
+    except FileNotFoundError:
+        raise AccountStoreError(f"no accounts file at {source}") from None
+    except OSError as exc:
+        raise AccountStoreError(
+            f"accounts file {source} cannot be read ({exc.strerror or type(exc).__name__})"
+        ) from None
+    try:
+        plan = plan_import(json.loads(raw.decode("utf-8")))
+    except UnicodeDecodeError:
+        raise AccountStoreError(f"accounts file {source} is not UTF-8 text") from None
+    except ValueError as exc:
+        # never the document itself: it holds refresh tokens
+        problem = "is not valid JSON" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise AccountStoreError(f"accounts file {source}: {problem}") from None
+
+    store = AccountStore(config.accounts.file)
+    added: list[str] = []
+    updated: list[str] = []
+
+    def merge(stored: list[Account]) -> list[Account]:
+        added.clear()
+        updated.clear()
+        by_email = {a.email: i for i, a in enumerate(stored)}
+        merged = list(stored)
+        for account in plan.accounts:
+            index = by_email.get(account.email)
+            if index is None:
+                added.append(account.email)
+                merged.append(attrs.evolve(account, added_at=account.added_at or time.time()))
+                continue
+            previous = merged[index]
+            updated.append(account.email)
+            merged[index] = attrs.evolve(
+                previous,
+                refresh_token=account.refresh_token,
+                project_id=account.project_id or previous.project_id,
+                tier=account.tier or previous.tier,
+                invalid_reason=account.invalid_reason,
+            )
+        return merged
+
+    if plan.accounts:
+        await store.aupdate(merge)
+    write(f"Imported from {source} into {store.path}: {len(added)} added, "
+          f"{len(updated)} updated, {len(plan.skipped)} skipped.")
+    for email in added:
+        write(f"  added    {email}")
+    for email in updated:
+        write(f"  updated  {email}")
+    for who, reason in plan.skipped:
+        write(f"  skipped  {who}: {reason}")
+    if plan.accounts:
+        write(
+            "These refresh tokens belong to the OAuth client that issued them: set "
+            "oauth.client_id and oauth.client_secret to that client (see README, \"Using real "
+            "Google accounts\"), then check them with `gateway accounts verify`."
+        )
+    return plan

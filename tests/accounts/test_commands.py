@@ -140,3 +140,88 @@ async def test_verify_and_remove(emulator: RunningEmulator, tmp_path: Path) -> N
     assert commands.remove_account(config, "demo2@example.com")
     assert not commands.remove_account(config, "demo2@example.com")
     assert [a.email for a in AccountStore(config.accounts.file).load()] == ["demo1@example.com"]
+
+
+REFERENCE_FILE = Path(__file__).parent.parent / "fixtures" / "accounts" / (
+    "antigravity-claude-proxy.json"
+)
+
+
+def test_plan_import_reads_the_reference_format() -> None:
+    import json
+
+    plan = commands.plan_import(json.loads(REFERENCE_FILE.read_text()))
+    by_email = {a.email: a for a in plan.accounts}
+    assert list(by_email) == ["demo1@example.com", "demo2@example.com"]
+    first, second = by_email["demo1@example.com"], by_email["demo2@example.com"]
+    # composite "token|userProject|managedProject": the token alone, the managed project
+    assert first.refresh_token == "demo-refresh-1"
+    assert first.project_id == "demo-project-1"
+    assert first.tier == "pro"
+    assert first.added_at == pytest.approx(1768212000.0)
+    assert first.enabled and first.invalid_reason is None
+    assert second.refresh_token == "demo-refresh-2"
+    assert second.project_id == "demo-project-2"
+    assert second.tier is None  # "unknown" is no tier
+    assert not second.enabled
+    assert second.invalid_reason == "Token revoked - re-authentication required"
+    assert second.added_at == pytest.approx(1768141000.0)
+    skipped = dict(plan.skipped)
+    assert "no refresh token" in skipped["manual@example.com"]
+    assert skipped["entry 3"] == "no email address"
+
+
+def test_plan_import_reads_the_web_ui_export_and_our_own_file() -> None:
+    exported = [{"email": "a@example.com", "refresh_token": "1//a"}]
+    assert [a.refresh_token for a in commands.plan_import(exported).accounts] == ["1//a"]
+    ours = {"version": 1, "accounts": [
+        {"email": "b@example.com", "refresh_token": "1//b", "project_id": "p", "tier": "x"}]}
+    account = commands.plan_import(ours).accounts[0]
+    assert (account.project_id, account.tier) == ("p", "x")
+    with pytest.raises(ValueError, match="accounts"):
+        commands.plan_import({"something": "else"})
+
+
+async def test_import_merges_into_the_store_and_the_accounts_work(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    config = config_for(emulator, tmp_path)
+    store = AccountStore(config.accounts.file)
+    from gateway.accounts.model import Account
+
+    await store.asave([Account("demo1@example.com", "stale-token", None, "free", added_at=5.0),
+                       Account("keep@example.com", "1//keep")])
+    printed: list[str] = []
+    plan = await commands.import_accounts(config, str(REFERENCE_FILE), write=printed.append)
+    assert len(plan.accounts) == 2
+    stored = {a.email: a for a in store.load()}
+    assert list(stored) == ["demo1@example.com", "keep@example.com", "demo2@example.com"]
+    assert stored["demo1@example.com"].refresh_token == "demo-refresh-1"
+    assert stored["demo1@example.com"].project_id == "demo-project-1"
+    assert stored["demo1@example.com"].added_at == 5.0  # its place and age are kept
+    assert stored["keep@example.com"].refresh_token == "1//keep"
+    assert stat.S_IMODE(os.stat(config.accounts.file).st_mode) == 0o600
+    report = "\n".join(printed)
+    assert "1 added, 1 updated, 2 skipped" in report
+    assert "manual@example.com" in report
+    for secret in ("demo-refresh-1", "demo-refresh-2", "ya29.not-a-refresh-token"):
+        assert secret not in report
+    # the imported grant really refreshes against the (emulated) Google
+    verified = await commands.verify_accounts(config)
+    assert "demo1@example.com  ok" in verified
+
+
+async def test_import_of_a_missing_or_broken_file_names_it(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    from gateway.accounts.store import AccountStoreError
+
+    config = config_for(emulator, tmp_path)
+    with pytest.raises(AccountStoreError, match="no accounts file"):
+        await commands.import_accounts(config, str(tmp_path / "nope.json"), write=print)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"accounts": [{"email": "x@example.com", "refreshToken": "1//secret"')
+    with pytest.raises(AccountStoreError, match="not valid JSON") as caught:
+        await commands.import_accounts(config, str(broken), write=print)
+    assert "1//secret" not in str(caught.value)
+    assert not Path(config.accounts.file).exists()
