@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -26,15 +26,16 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import attrs
 import trio
 
-from gateway.emulator import content
+from gateway.emulator import catalogue, content
+from gateway.emulator.catalogue import EmulatedModel, client_version
 from gateway.emulator.state import (
     EMULATOR_CLIENT_ID,
     EMULATOR_CLIENT_SECRET,
     EmulatorState,
     Fault,
+    PromptPrefix,
     ReceivedRequest,
 )
-from gateway.translate.models import ModelInfo, catalogue
 
 __all__ = ["create_emulator_app"]
 
@@ -53,7 +54,6 @@ _SCOPES = (
     "https://www.googleapis.com/auth/userinfo.email "
     "https://www.googleapis.com/auth/userinfo.profile"
 )
-_MODELS: dict[str, ModelInfo] = {m.id: m for m in catalogue()}
 _GENERATION = ("generateContent", "streamGenerateContent")
 _TIERS = {
     "free-tier": "Gemini Code Assist for individuals",
@@ -75,6 +75,8 @@ _FAULT_STATUS = {
     "server_error": (500, "INTERNAL", "Internal error encountered (emulated fault)."),
     "unavailable": (503, "UNAVAILABLE",
                     "The service is currently unavailable (emulated fault)."),
+    "bare_rate_limit": (429, "RESOURCE_EXHAUSTED",
+                        "Resource has been exhausted (e.g. check quota)."),
 }
 
 
@@ -392,9 +394,9 @@ class _Emulator:
         if not isinstance(body, dict):
             raise _google(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         account = self.state.accounts[email]
-        if method in _GENERATION and (model_id is None or model_id not in _MODELS):
-            raise _google(404, "NOT_FOUND", f"Requested entity was not found: model "
-                          f"{(model_id or '')[:100]!r}")
+        model: EmulatedModel | None = None
+        if method in _GENERATION:
+            model = self._servable(request, model_id)
         fault = self.state.take_fault(method=method, email=email, model=model_id)
         stream = method == "streamGenerateContent"
         if fault is not None:
@@ -406,16 +408,18 @@ class _Emulator:
                 raise _Response(200, {})
         if method == "loadCodeAssist":
             await _delay(fault)
-            await _send_json(request.send, 200, _load_code_assist(account.project, account.tier))
+            tier = account.tier if _is_antigravity(body.get("metadata")) else "free-tier"
+            await _send_json(request.send, 200, _load_code_assist(account.project, tier))
         elif method == "onboardUser":
             await _delay(fault)
             await _send_json(request.send, 200, self._onboard(account, body))
         elif method == "fetchAvailableModels":
             await _delay(fault)
-            await _send_json(request.send, 200, _available_models(account.quotas))
-        elif method in _GENERATION:
-            await self.generate(request, body, email, account.project, _MODELS[model_id or ""],
-                                fault, stream=stream)
+            await _send_json(request.send, 200,
+                             _available_models(self.state.models.values(), account.quotas))
+        elif model is not None:
+            await self.generate(request, body, email, account.project, model, fault,
+                                stream=stream)
         else:
             raise _google(404, "NOT_FOUND", f"Method not found: v1internal:{method}")
 
@@ -447,7 +451,7 @@ class _Emulator:
         envelope: JSONDict,
         email: str,
         project: str | None,
-        model: ModelInfo,
+        model: EmulatedModel,
         fault: Fault | None,
         *,
         stream: bool,
@@ -456,22 +460,29 @@ class _Emulator:
             raise _google(403, "PERMISSION_DENIED",
                           f"Permission denied on resource project "
                           f"{str(envelope.get('project'))[:100]}.")
-        try:
-            content.check_envelope(envelope, model=model, key=self.state.signing_key)
-        except content.UpstreamRefusal as refusal:
-            raise _Response(refusal.code, refusal.body()) from None
-        request_body = envelope["request"]
         prompt_tokens = max(1, len(request.body) // 4)
-        session = request_body.get("sessionId")
-        cached = 0
-        if isinstance(session, str) and session:
-            cached = self.state.cached_tokens((session, email, model.id), prompt_tokens)
         response_id = secrets.token_hex(8)
-        plan = content.plan_answer(
-            envelope, model=model, key=self.state.signing_key, prompt_tokens=prompt_tokens,
-            cached_tokens=cached, chunk_chars=self.state.chunk_chars,
-            call_id_prefix=f"toolu_emu_{response_id}_",
-        )
+        refused = self._version_refusal(request)
+        if refused is not None:
+            plan = content.refusal_plan(refused, prompt_tokens=prompt_tokens)
+        else:
+            try:
+                content.check_envelope(envelope, model=model, key=self.state.signing_key)
+            except content.UpstreamRefusal as refusal:
+                raise _Response(refusal.code, refusal.body()) from None
+            request_body = envelope["request"]
+            session = request_body.get("sessionId")
+            cached = 0
+            if isinstance(session, str) and session:
+                # the share of this prompt that repeats the last one, in its token count
+                prefix = _prompt_prefix(request_body)
+                common = self.state.cached_tokens((session, email, model.id), prefix)
+                cached = prompt_tokens * common // max(1, prefix.total_tokens)
+            plan = content.plan_answer(
+                envelope, model=model, key=self.state.signing_key, prompt_tokens=prompt_tokens,
+                cached_tokens=cached, chunk_chars=self.state.chunk_chars,
+                call_id_prefix=f"toolu_emu_{response_id}_",
+            )
         trace = secrets.token_hex(8)
         if not stream:
             await _delay(fault)
@@ -556,6 +567,26 @@ class _Emulator:
         finally:
             if count:
                 self.state.stream_closed()
+
+    def _servable(self, request: _Request, model_id: str | None) -> EmulatedModel:
+        """The model a generation call names, or the upstream's 404 for it."""
+        model = self.state.models.get(model_id or "")
+        client = client_version(request.headers.get("user-agent", ""))
+        if model is None or model.internal or (client.supported and not client.may_use(model)):
+            # retired ids, internal ids and (for clients below a model's minimum version)
+            # new models are all "not found"
+            raise _google(404, "NOT_FOUND", "Requested entity was not found.")
+        return model
+
+    def _version_refusal(self, request: _Request) -> str | None:
+        """The version gate: None for a current client; for an outdated one the refusal
+        text (answered as model text), or raise it as an error (`version_gate = error`)."""
+        gate = self.state.version_gate
+        if gate == "off" or client_version(request.headers.get("user-agent", "")).supported:
+            return None
+        if gate == "error":
+            raise _google(400, "FAILED_PRECONDITION", catalogue.VERSION_REFUSAL)
+        return catalogue.VERSION_REFUSAL
 
     # -- control surface ------------------------------------------------------------------
 
@@ -677,6 +708,11 @@ async def _delay(fault: Fault | None) -> None:
 
 def _raise_for_fault(fault: Fault, model: str | None) -> None:
     """Answer at once for the faults that are just an error status."""
+    if fault.kind == "capacity":
+        body, headers = content.capacity_error(
+            model=model, reset_seconds=fault.reset_seconds, reset_format=fault.reset_format
+        )
+        raise _Response(503, body, headers)
     if fault.kind in ("rate_limit", "quota_exhausted"):
         body, headers = content.rate_limit_error(
             model=model, reset_seconds=fault.reset_seconds, reset_format=fault.reset_format,
@@ -721,26 +757,64 @@ def _load_code_assist(project: str | None, tier: str) -> JSONDict:
     return answer
 
 
-def _available_models(quotas: dict[str, Any]) -> JSONDict:
+def _available_models(models: Iterable[EmulatedModel], quotas: dict[str, Any]) -> JSONDict:
     default_reset = _rfc3339(
         datetime.fromtimestamp((int(time.time()) // 3600 + 5) * 3600, UTC)
     )
-    models: JSONDict = {}
-    for model in catalogue():
+    entries: JSONDict = {}
+    for model in models:
         quota = quotas.get(model.id)
-        models[model.id] = {
+        if model.internal:
+            entries[model.id] = {"quotaInfo": {"remainingFraction": 1.0}}
+            continue
+        fraction = quota.fraction if quota else 1.0
+        info: JSONDict = {"resetTime": quota.reset_time if quota else default_reset}
+        if fraction > 0:  # the upstream leaves an exhausted model's zero out
+            info["remainingFraction"] = fraction
+        entry: JSONDict = {
             "displayName": model.display_name,
-            "maxTokens": model.context_window,
-            "maxOutputTokens": model.max_output_tokens,
-            "supportsImages": True,
-            "supportsThinking": model.thinking,
-            "recommended": True,
-            "quotaInfo": {
-                "remainingFraction": quota.fraction if quota else 1.0,
-                "resetTime": quota.reset_time if quota else default_reset,
-            },
+            "maxTokens": model.context,
+            "maxOutputTokens": model.max_output,
+            "supportsImages": model.images,
+            "supportsThinking": model.thinking != "none",
+            "recommended": model.family != "gpt",
+            "quotaInfo": info,
         }
-    return {"models": models}
+        if model.family == "claude":
+            entry["thinkingBudget"] = 24_576
+        entries[model.id] = entry
+    return {
+        "models": entries,
+        "deprecatedModelIds": {
+            old: {"newModelId": new} for old, new in catalogue.DEPRECATED.items()
+        },
+        "webSearchModelIds": [m.id for m in models if m.id == "gemini-3-flash"],
+    }
+
+
+def _is_antigravity(metadata: Any) -> bool:
+    """Whether loadCodeAssist's metadata names the Antigravity IDE; other forms (the old
+    IDE_UNSPECIFIED) are answered with the free tier, whatever the account has."""
+    if not isinstance(metadata, dict):
+        return False
+    ide = metadata.get("ideType", metadata.get("ide_type"))
+    return ide in ("ANTIGRAVITY", 9)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def _prompt_prefix(request_body: JSONDict) -> PromptPrefix:
+    head = {k: request_body.get(k) for k in ("systemInstruction", "tools", "toolConfig")}
+    contents = request_body.get("contents") or []
+    return PromptPrefix(
+        head=_digest(head),
+        head_tokens=len(json.dumps(head)) // 4,
+        contents=tuple((_digest(c), max(1, len(json.dumps(c)) // 4)) for c in contents),
+    )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -25,23 +25,28 @@ from typing import Any
 
 import attrs
 
-from gateway.translate.cloudcode import SKIP_SIGNATURE
-from gateway.translate.models import ModelInfo
+from gateway.emulator.catalogue import EmulatedModel
 
 __all__ = [
+    "SKIP_SIGNATURE",
     "Plan",
     "UpstreamRefusal",
+    "capacity_error",
     "check_envelope",
     "go_duration",
     "google_error",
     "plan_answer",
     "rate_limit_error",
+    "refusal_plan",
     "sign",
     "stream_chunks",
     "unary_response",
 ]
 
 JSONDict = dict[str, Any]
+
+# Google's documented placeholder for a replayed function call whose signature was lost.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 _ECHO_CHARS = 200
 _SAMPLE_STRING = "Paris"
@@ -149,6 +154,28 @@ def rate_limit_error(
     return google_error(429, "RESOURCE_EXHAUSTED", message, details), headers
 
 
+def capacity_error(
+    *, model: str | None, reset_seconds: float, reset_format: str
+) -> tuple[JSONDict, dict[str, str]]:
+    """A 503 for a model out of capacity, with the retry delay in `reset_format`
+    ("retry_info" by default; "text" leaves it out, as many such answers do)."""
+    info: JSONDict = {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "MODEL_CAPACITY_EXHAUSTED",
+        "domain": "cloudcode-pa.googleapis.com",
+        "metadata": {"model": model or ""},
+    }
+    details: list[JSONDict] = [info]
+    headers: dict[str, str] = {}
+    if reset_format == "retry_info":
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                        "retryDelay": f"{_trim(reset_seconds)}s"})
+    elif reset_format == "retry_after":
+        headers["retry-after"] = str(max(0, math.ceil(reset_seconds)))
+    message = f"No capacity available for model {model or ''} on the server"
+    return google_error(503, "UNAVAILABLE", message, details), headers
+
+
 # -- signatures -----------------------------------------------------------------------------
 
 
@@ -176,15 +203,21 @@ def _bad(message: str) -> UpstreamRefusal:
     return UpstreamRefusal(400, "INVALID_ARGUMENT", message)
 
 
-def is_claude(model: ModelInfo) -> bool:
+def is_claude(model: EmulatedModel) -> bool:
     return model.family == "claude"
 
 
-def is_gemini_3(model: ModelInfo) -> bool:
-    return model.id.startswith("gemini-3")
+def _claude_error(message: str) -> UpstreamRefusal:
+    # Claude's refusals come back as Anthropic's own error JSON inside the Google message
+    request_id = "req_vrtx_" + hashlib.sha256(message.encode()).hexdigest()[:24]
+    return _bad(json.dumps({
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": message},
+        "request_id": request_id,
+    }, separators=(",", ":")))
 
 
-def check_envelope(envelope: Mapping[str, Any], *, model: ModelInfo, key: bytes) -> None:
+def check_envelope(envelope: Mapping[str, Any], *, model: EmulatedModel, key: bytes) -> None:
     """Raise UpstreamRefusal for what the upstream would refuse in this request."""
     request = envelope.get("request")
     if not isinstance(request, dict):
@@ -201,22 +234,80 @@ def check_envelope(envelope: Mapping[str, Any], *, model: ModelInfo, key: bytes)
     if is_claude(model):
         roles = [c["role"] for c in contents]
         if roles[0] != "user" or any(a == b for a, b in itertools.pairwise(roles)):
-            raise _bad("messages: roles must alternate between \"user\" and \"assistant\", "
-                       "starting with \"user\"")
+            raise _claude_error("messages: roles must alternate between \"user\" and "
+                                "\"assistant\", starting with \"user\"")
     _check_tools(request)
     generation = request.get("generationConfig")
     generation = generation if isinstance(generation, dict) else {}
     max_out = generation.get("maxOutputTokens")
-    if isinstance(max_out, int) and max_out > model.max_output_tokens:
+    if isinstance(max_out, int) and max_out > model.max_output:
         raise _bad(
-            f"max_tokens: {max_out} > {model.max_output_tokens}, which is the maximum "
+            f"max_tokens: {max_out} > {model.max_output}, which is the maximum "
             f"allowed number of output tokens for {model.id}"
         )
-    budget = _thinking_budget(generation.get("thinkingConfig"))
+    config = generation.get("thinkingConfig")
+    budget = _thinking_budget(config)
     if is_claude(model) and budget is not None and isinstance(max_out, int) and budget >= max_out:
-        raise _bad("`max_tokens` must be greater than `thinking.budget_tokens`")
-    _check_signatures(contents, model=model, key=key,
-                      thinking=wants_thoughts(generation.get("thinkingConfig"), model))
+        raise _claude_error("`max_tokens` must be greater than `thinking.budget_tokens`")
+    level = _thinking_level(config)
+    if level is not None and model.family == "gemini" and level.lower() not in model.levels:
+        supported = ", ".join(model.levels) or "none"
+        raise _bad(f"Unable to submit request because thinking level {level!r} is not "
+                   f"supported by model {model.id} (supported: {supported}).")
+    _check_function_turns(contents, claude=is_claude(model))
+    _check_signatures(contents, model=model, key=key, thinking=thinks(config, model))
+
+
+_COUNT_MISMATCH = (
+    "Please ensure that the number of function response parts is equal to the number of "
+    "function call parts of the function call turn."
+)
+_RESPONSE_ORPHAN = (
+    "Please ensure that function response turn comes immediately after a function call turn."
+)
+_INVALID_ARGUMENT = "Request contains an invalid argument."
+
+
+def _check_function_turns(contents: Sequence[Mapping[str, Any]], *, claude: bool) -> None:
+    """Every call turn is answered by the next turn, one response per call, names (and, for
+    Claude, ids) matching; no response without its call."""
+    for i, content in enumerate(contents):
+        responses = [p["functionResponse"] for p in content["parts"]
+                     if isinstance(p.get("functionResponse"), dict)]
+        previous = contents[i - 1] if i > 0 else None
+        calls = [p["functionCall"] for p in previous["parts"]
+                 if isinstance(p.get("functionCall"), dict)] if previous else []
+        if content["role"] == "model" or (not responses and not calls):
+            continue
+        if claude:
+            call_ids = [str(c.get("id", "")) for c in calls]
+            answered = [str(r.get("id", "")) for r in responses]
+            stray = [a for a in answered if a not in call_ids]
+            if stray:
+                raise _claude_error(
+                    f"messages.{i}.content.0: unexpected `tool_use_id` found in `tool_result` "
+                    f"blocks: {stray[0]}. Each `tool_result` block must have a corresponding "
+                    "`tool_use` block in the previous message."
+                )
+            missing = [c for c in call_ids if c not in answered]
+            if missing:
+                raise _claude_error(
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                    f"immediately after: {', '.join(missing)}. Each `tool_use` block must have "
+                    "a corresponding `tool_result` block in the next message."
+                )
+            names = {str(c.get("id", "")): c.get("name") for c in calls}
+            if any(r.get("name") != names.get(str(r.get("id", ""))) for r in responses):
+                raise _bad(_INVALID_ARGUMENT)
+            continue
+        if responses and not calls:
+            raise _bad(_RESPONSE_ORPHAN)
+        if len(responses) != len(calls):
+            raise _bad(_COUNT_MISMATCH)
+        if sorted(str(r.get("name")) for r in responses) != sorted(
+            str(c.get("name")) for c in calls
+        ):
+            raise _bad(_INVALID_ARGUMENT)
 
 
 def _check_tools(request: Mapping[str, Any]) -> None:
@@ -262,34 +353,74 @@ def _check_schema(schema: Any, where: str) -> None:
                    "OBJECT type")
 
 
+_CORRUPTED = "Corrupted thought signature."
+
+
+def _current_turn_start(contents: Sequence[Mapping[str, Any]]) -> int:
+    """Index after the last user content that says something (not only tool results)."""
+    for i in range(len(contents) - 1, -1, -1):
+        content = contents[i]
+        if content["role"] == "user" and any(
+            isinstance(p.get("text"), str) for p in content["parts"]
+        ):
+            return i + 1
+    return 0
+
+
 def _check_signatures(
-    contents: Sequence[Mapping[str, Any]], *, model: ModelInfo, key: bytes, thinking: bool
+    contents: Sequence[Mapping[str, Any]], *, model: EmulatedModel, key: bytes, thinking: bool
 ) -> None:
-    for content in contents:
+    family = model.family
+    current = _current_turn_start(contents)
+    for i, content in enumerate(contents):
         if content["role"] != "model":
             continue
-        for part in content["parts"]:
+        first_call = True
+        for j, part in enumerate(content["parts"]):
             signature = part.get("thoughtSignature")
-            if is_claude(model) and part.get("thought") is True:
-                text = part.get("text", "")
-                if not _signed(key, "thought", text if isinstance(text, str) else "", signature):
-                    raise _bad("messages: Invalid `signature` in `thinking` block")
+            text = part.get("text", "")
+            text = text if isinstance(text, str) else ""
+            if part.get("thought") is True:
+                if is_claude(model):
+                    if not signature:
+                        raise _claude_error(
+                            f"messages.{i}.content.{j}.thinking.signature: Field required"
+                        )
+                    if not _signed(key, "claude:thought", text, signature):
+                        raise _claude_error(
+                            f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                        )
+                elif signature and not _signed(key, f"{family}:thought", text, signature):
+                    raise _bad(_CORRUPTED)
+                continue
             call = part.get("functionCall")
-            if is_gemini_3(model) and isinstance(call, dict):
-                if signature == SKIP_SIGNATURE:
-                    continue
-                if not _signed(key, "call", _call_payload(call), signature):
-                    raise _bad(
-                        "Function call is missing a thought_signature in functionCall parts. "
-                        "This is required for tools to work correctly."
-                    )
+            if isinstance(call, dict):
+                if model.signs_calls:
+                    if signature is None:
+                        if first_call and i >= current:
+                            raise _bad(
+                                "Function call is missing a thought_signature in functionCall "
+                                "parts. This is required for tools to work correctly, and "
+                                "missing thought_signature may lead to degraded model "
+                                f"performance. Additional data, function call "
+                                f"`default_api:{call.get('name', '')}` , position {j + 1}."
+                            )
+                    elif signature != SKIP_SIGNATURE and not _signed(
+                        key, "gemini:call", _call_payload(call), signature
+                    ):
+                        raise _bad(_CORRUPTED)
+                first_call = False
+            elif signature and model.family == "gemini" and not _signed(
+                key, "gemini:text", text, signature
+            ) and not _signed(key, "gemini:thought", text, signature):
+                raise _bad(_CORRUPTED)
     if is_claude(model) and thinking:
         last_model = next((c for c in reversed(contents) if c["role"] == "model"), None)
         if last_model is not None and contents[-1]["role"] == "user":
             parts = last_model["parts"]
             has_call = any("functionCall" in p for p in parts)
             if has_call and parts[0].get("thought") is not True:
-                raise _bad(_CLAUDE_THINKING_MESSAGE)
+                raise _claude_error(_CLAUDE_THINKING_MESSAGE)
 
 
 def _thinking_budget(config: Any) -> int | None:
@@ -299,17 +430,28 @@ def _thinking_budget(config: Any) -> int | None:
     return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
 
 
-def wants_thoughts(config: Any, model: ModelInfo) -> bool:
-    """True when the request asks to see the model's thoughts (and the model thinks)."""
-    if not model.thinking or not isinstance(config, dict):
+def _thinking_level(config: Any) -> str | None:
+    if not isinstance(config, dict):
+        return None
+    level = config.get("thinkingLevel", config.get("thinking_level"))
+    return level if isinstance(level, str) and level else None
+
+
+def thinks(config: Any, model: EmulatedModel) -> bool:
+    """True when the model shows its thoughts for this thinkingConfig.
+
+    Claude on Cloud Code thinks only with a budget (or a level); Gemini thinks anyway and
+    shows it only with includeThoughts.
+    """
+    if model.thinking == "none" or not isinstance(config, dict):
         return False
-    for key in ("includeThoughts", "include_thoughts"):
-        if key in config:
-            return config[key] is True
-    budget = _thinking_budget(config)
-    return (budget is not None and budget > 0) or bool(
-        config.get("thinkingLevel") or config.get("thinking_level")
-    )
+    if is_claude(model):
+        budget = _thinking_budget(config)
+        return (budget is not None and budget > 0) or _thinking_level(config) is not None
+    for name in ("includeThoughts", "include_thoughts"):
+        if name in config:
+            return config[name] is True
+    return False
 
 
 # -- the answer -----------------------------------------------------------------------------
@@ -319,8 +461,9 @@ def wants_thoughts(config: Any, model: ModelInfo) -> bool:
 class Plan:
     """What the model says, before it is cut into chunks."""
 
+    family: str
     thought: str  # "" when not thinking
-    thought_signature: str | None  # Claude signs its thinking
+    thought_signature: str | None  # over the whole thought text
     text: str
     text_signature: str | None  # Gemini 3 signs its first text part when it thinks
     calls: tuple[JSONDict, ...]  # whole functionCall parts (with their signature if any)
@@ -328,10 +471,24 @@ class Plan:
     usage: JSONDict
 
 
+def _is_reminder(text: str) -> bool:
+    """Harness text (Claude Code's <system-reminder> blocks, system messages the gateway
+    places in a user turn): the emulated model reads the user's own words, not these."""
+    return text.lstrip().startswith("<system-reminder>")
+
+
+def _user_words(parts: Sequence[Mapping[str, Any]]) -> str:
+    return " ".join(
+        p["text"] for p in parts
+        if isinstance(p.get("text"), str) and p.get("thought") is not True
+        and not _is_reminder(p["text"])
+    ).strip()
+
+
 def plan_answer(
     envelope: Mapping[str, Any],
     *,
-    model: ModelInfo,
+    model: EmulatedModel,
     key: bytes,
     prompt_tokens: int,
     cached_tokens: int,
@@ -345,9 +502,7 @@ def plan_answer(
     parts: list[Mapping[str, Any]] = last["parts"]
     responses = [p["functionResponse"] for p in parts if isinstance(p.get("functionResponse"),
                                                                      dict)]
-    user_text = " ".join(
-        p["text"] for p in parts if isinstance(p.get("text"), str) and p.get("thought") is not True
-    ).strip()
+    user_text = _user_words(parts)
     images = sum(
         1
         for p in parts
@@ -356,17 +511,28 @@ def plan_answer(
     )
     generation = request.get("generationConfig")
     generation = generation if isinstance(generation, dict) else {}
-    thinking = wants_thoughts(generation.get("thinkingConfig"), model)
+    thinking = thinks(generation.get("thinkingConfig"), model)
 
-    calls = _calls(request, user_text, has_results=bool(responses))
+    # the request that started this agent loop, and how many tool rounds followed it
+    prompt_at = next(
+        (i for i in range(len(contents) - 1, -1, -1)
+         if contents[i]["role"] == "user" and _user_words(contents[i]["parts"])),
+        len(contents) - 1,
+    )
+    prompt = _user_words(contents[prompt_at]["parts"])
+    rounds = sum(
+        1 for c in contents[prompt_at + 1:]
+        if c["role"] == "model" and any("functionCall" in p for p in c["parts"])
+    )
+    calls = _calls(request, prompt, rounds=rounds)
     call_parts: list[JSONDict] = []
     for i, (name, args) in enumerate(calls):
         call: JSONDict = {"name": name, "args": args}
         if is_claude(model):
             call["id"] = f"{call_id_prefix}{i}"
         part: JSONDict = {"functionCall": call}
-        if i == 0 and is_gemini_3(model):
-            part["thoughtSignature"] = sign(key, "call", _call_payload(call))
+        if i == 0 and model.signs_calls:
+            part["thoughtSignature"] = sign(key, "gemini:call", _call_payload(call))
         call_parts.append(part)
 
     finish = "STOP"
@@ -378,12 +544,15 @@ def plan_answer(
     thought = ""
     thought_signature = None
     if thinking:
-        thought = f"The user wrote: {user_text[:100]!r}. I will answer briefly."
-        if is_claude(model):
-            thought_signature = sign(key, "thought", thought)
+        thought = f"The user wrote: {(prompt or user_text)[:100]!r}. I will answer briefly."
+        if is_claude(model) or model.signs_calls:
+            # Claude signs every thinking run; Gemini 3 signs its thoughts too (the
+            # signature rides on a part of its own after them)
+            thought_signature = sign(key, f"{model.family}:thought", thought)
     text_signature = None
-    if thinking and is_gemini_3(model) and not call_parts and text:
-        text_signature = sign(key, "text", text)
+    if model.signs_calls and not call_parts and text and not thought_signature:
+        # Gemini 3 always thinks; unseen, its signature rides on the answer's first part
+        text_signature = sign(key, "gemini:text", text)
 
     candidates = _tokens(text) + sum(_tokens(json.dumps(p["functionCall"])) for p in call_parts)
     thoughts = _tokens(thought)
@@ -396,8 +565,16 @@ def plan_answer(
         usage["thoughtsTokenCount"] = thoughts
     if cached_tokens:
         usage["cachedContentTokenCount"] = cached_tokens
-    return Plan(thought, thought_signature, text, text_signature, tuple(call_parts), finish,
-                usage)
+    return Plan(model.family, thought, thought_signature, text, text_signature,
+                tuple(call_parts), finish, usage)
+
+
+def refusal_plan(text: str, *, prompt_tokens: int) -> Plan:
+    """An answer that is only `text` (how the upstream words some refusals)."""
+    usage = {"promptTokenCount": 0, "candidatesTokenCount": _tokens(text),
+             "totalTokenCount": _tokens(text)}
+    del prompt_tokens  # such answers report no input
+    return Plan("gemini", "", None, text, None, (), "STOP", usage)
 
 
 def _tokens(text: str) -> int:
@@ -406,7 +583,7 @@ def _tokens(text: str) -> int:
 
 def _text(
     request: Mapping[str, Any],
-    model: ModelInfo,
+    model: EmulatedModel,
     user_text: str,
     images: int,
     responses: Sequence[Mapping[str, Any]],
@@ -441,7 +618,7 @@ def _clip(text: str) -> str:
     return text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS]
 
 
-def _json_mode(request: Mapping[str, Any], model: ModelInfo) -> JSONDict | None:
+def _json_mode(request: Mapping[str, Any], model: EmulatedModel) -> JSONDict | None:
     """The response schema in JSON mode ({} when there is none); None when not JSON mode."""
     generation = request.get("generationConfig")
     generation = generation if isinstance(generation, dict) else {}
@@ -479,9 +656,22 @@ def _cut(text: str, generation: Mapping[str, Any]) -> tuple[str, str]:
     return text, finish
 
 
+def _named_in(prompt: str, declarations: Sequence[JSONDict]) -> list[JSONDict]:
+    """Declared tools the prompt names (as whole words), in the order it names them."""
+    found: list[tuple[int, JSONDict]] = []
+    for declaration in declarations:
+        match = re.search(rf"(?<![\w-]){re.escape(declaration['name'])}(?![\w-])", prompt)
+        if match:
+            found.append((match.start(), declaration))
+    return [d for _, d in sorted(found, key=lambda pair: pair[0])]
+
+
 def _calls(
-    request: Mapping[str, Any], user_text: str, *, has_results: bool
+    request: Mapping[str, Any], prompt: str, *, rounds: int
 ) -> list[tuple[str, JSONDict]]:
+    """The tool calls of this step: the tools the prompt names, one per round in the order
+    named (a prompt that says "tool" but names none gets the first one); forced calls
+    (mode ANY) happen in the first round."""
     declarations = [
         d
         for tool in request.get("tools", []) or []
@@ -489,7 +679,7 @@ def _calls(
         for d in tool.get("functionDeclarations", []) or []
         if isinstance(d, dict) and isinstance(d.get("name"), str)
     ]
-    if not declarations or has_results:
+    if not declarations:
         return []
     config = request.get("toolConfig")
     calling = config.get("functionCallingConfig") if isinstance(config, dict) else None
@@ -498,22 +688,52 @@ def _calls(
     if mode == "NONE":
         return []
     by_name = {d["name"]: d for d in declarations}
-    named = [d for d in declarations if d["name"] in user_text]
+    named = _named_in(prompt, declarations)
     allowed = [n for n in calling.get("allowedFunctionNames", []) or [] if n in by_name]
-    if mode == "ANY":
-        chosen = by_name[allowed[0]] if allowed else (named or declarations)[0]
-    elif named or _TOOL_WORD.search(user_text):
-        chosen = (named or declarations)[0]
+    if rounds < len(named) and not (mode == "ANY" and rounds == 0 and allowed):
+        chosen = named[rounds]
+    elif rounds > 0:
+        return []
+    elif mode == "ANY":
+        chosen = by_name[allowed[0]] if allowed else declarations[0]
+    elif _TOOL_WORD.search(prompt):
+        chosen = declarations[0]
     else:
         return []
     parameters = chosen.get("parameters")
-    args = _sample(parameters, "", all_properties=False) if isinstance(parameters, dict) else {}
+    args = (
+        _sample(parameters, "", all_properties=False, prompt=prompt)
+        if isinstance(parameters, dict) else {}
+    )
     args = args if isinstance(args, dict) else {}
-    count = 2 if "parallel" in user_text.lower() else 1
+    count = 2 if "parallel" in prompt.lower() else 1
     return [(chosen["name"], dict(args)) for _ in range(count)]
 
 
-def _sample(schema: Mapping[str, Any], name: str, *, all_properties: bool) -> Any:
+_PATH = re.compile(r"(?<![\w.])(/[\w.\-]+(?:/[\w.\-]+)+)")
+_QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
+
+
+def _string_for(name: str, prompt: str) -> str:
+    """A string argument: a path or a quoted text from the prompt when the name asks for
+    one (so "write 'hi' to /tmp/x/a.txt" becomes a call that does that), else a sample."""
+    lower = name.lower()
+    quoted: str | None = next((str(a or b) for a, b in _QUOTED.findall(prompt)), None)
+    if "path" in lower or lower in ("file", "filename"):
+        found = _PATH.search(prompt)
+        return found.group(1) if found else "/tmp/emulator.txt"
+    if lower in ("content", "text", "contents", "body"):
+        return quoted or "hello from the emulator"
+    if lower in ("command", "cmd"):
+        return f"echo {quoted or 'hello'}"
+    if lower in ("query", "pattern", "prompt", "description") and quoted:
+        return quoted
+    return _SAMPLE_STRING
+
+
+def _sample(
+    schema: Mapping[str, Any], name: str, *, all_properties: bool, prompt: str = ""
+) -> Any:
     """A value satisfying `schema`: its required properties (or all, for JSON answers)."""
     enum = schema.get("enum")
     if isinstance(enum, list) and enum:
@@ -525,8 +745,8 @@ def _sample(schema: Mapping[str, Any], name: str, *, all_properties: bool) -> An
         return True
     if kind == "array":
         items = schema.get("items")
-        return [_sample(items, name, all_properties=all_properties)] if isinstance(
-            items, dict
+        return [_sample(items, name, all_properties=all_properties, prompt=prompt)] if (
+            isinstance(items, dict)
         ) else []
     if kind == "object":
         properties = schema.get("properties")
@@ -534,14 +754,14 @@ def _sample(schema: Mapping[str, Any], name: str, *, all_properties: bool) -> An
         required = [r for r in schema.get("required", []) or [] if r in properties]
         keys: Iterable[str] = required or (properties if all_properties else ())
         return {
-            k: _sample(properties[k], k, all_properties=all_properties)
+            k: _sample(properties[k], k, all_properties=all_properties, prompt=prompt)
             if isinstance(properties[k], dict)
             else _SAMPLE_STRING
             for k in keys
         }
     if kind == "null":
         return None
-    return _SAMPLE_STRING
+    return _string_for(name, prompt)
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -569,9 +789,12 @@ def stream_chunks(
     if plan.thought:
         half = len(plan.thought) // 2
         second: JSONDict = {"text": plan.thought[half:], "thought": True}
-        if plan.thought_signature:
-            second["thoughtSignature"] = plan.thought_signature
         parts_per_chunk += [[{"text": plan.thought[:half], "thought": True}], [second]]
+        if plan.thought_signature and plan.family == "claude":
+            second["thoughtSignature"] = plan.thought_signature
+        elif plan.thought_signature and not plan.calls:
+            # Gemini: a part of its own carries the signature (with calls, the first call)
+            parts_per_chunk.append([{"thoughtSignature": plan.thought_signature}])
     if plan.calls:
         parts_per_chunk.append([dict(p) for p in plan.calls])
     else:
@@ -599,9 +822,11 @@ def unary_response(plan: Plan, *, model_id: str, response_id: str) -> JSONDict:
     parts: list[JSONDict] = []
     if plan.thought:
         thought: JSONDict = {"text": plan.thought, "thought": True}
-        if plan.thought_signature:
-            thought["thoughtSignature"] = plan.thought_signature
         parts.append(thought)
+        if plan.thought_signature and plan.family == "claude":
+            thought["thoughtSignature"] = plan.thought_signature
+        elif plan.thought_signature and not plan.calls:
+            parts.append({"thoughtSignature": plan.thought_signature})
     if plan.calls:
         parts.extend(dict(p) for p in plan.calls)
     else:

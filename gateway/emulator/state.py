@@ -20,6 +20,9 @@ from typing import Any
 import attrs
 import trio
 
+from gateway.emulator import catalogue
+from gateway.emulator.catalogue import EmulatedModel
+
 __all__ = [
     "DEMO_ACCOUNTS",
     "EMULATOR_CLIENT_ID",
@@ -30,6 +33,7 @@ __all__ = [
     "EmulatedAccount",
     "EmulatorState",
     "Fault",
+    "PromptPrefix",
     "Quota",
     "ReceivedRequest",
 ]
@@ -41,6 +45,8 @@ FAULT_KINDS = frozenset(
     {
         "rate_limit",
         "quota_exhausted",
+        "bare_rate_limit",
+        "capacity",
         "unauthorized",
         "forbidden",
         "bad_request",
@@ -148,6 +154,20 @@ class ReceivedRequest:
 
 
 @attrs.frozen(slots=True)
+class PromptPrefix:
+    """What the prompt cache compares: a digest of the system instruction and tools, and
+    (digest, tokens) of each content in order."""
+
+    head: str
+    head_tokens: int
+    contents: tuple[tuple[str, int], ...]
+
+    @property
+    def total_tokens(self) -> int:
+        return self.head_tokens + sum(tokens for _, tokens in self.contents)
+
+
+@attrs.frozen(slots=True)
 class Quota:
     fraction: float
     reset_time: str  # RFC 3339, as the upstream sends it
@@ -199,6 +219,7 @@ def _defaults() -> dict[str, Any]:
         "token_lifetime_seconds": 3600,
         "next_login_email": "new-user@example.com",
         "onboard_pending_polls": 0,
+        "version_gate": "text",
     }
 
 
@@ -214,6 +235,11 @@ class EmulatorState:
     next_login_email: str = "new-user@example.com"
     # onboardUser answers "not done yet" this many times before it assigns a project
     onboard_pending_polls: int = 0
+    # how an outdated client is refused: "text" (model text in a 200, as in 2026),
+    # "error" (HTTP 400 FAILED_PRECONDITION) or "off"
+    version_gate: str = "text"
+    # the served lineup (the emulator's own data; tests may add or remove models)
+    models: dict[str, EmulatedModel] = attrs.field(factory=lambda: dict(catalogue.BY_ID))
 
     # -- registry and credentials ---------------------------------------------------------
     accounts: dict[str, EmulatedAccount] = attrs.field(factory=dict)
@@ -229,8 +255,9 @@ class EmulatorState:
     streams_opened: int = 0
     streams_closed: int = 0
     stream_closed_times: list[float] = attrs.field(factory=list)  # trio.current_time()
-    # promptTokenCount of the last request per (sessionId, email, model): the cache emulation
-    prompt_cache: OrderedDict[tuple[str, str, str], int] = attrs.field(
+    # the prompt of the last request per (sessionId, email, model): digests of its
+    # system+tools and of each content, with token counts (the cache emulation)
+    prompt_cache: OrderedDict[tuple[str, str, str], PromptPrefix] = attrs.field(
         factory=OrderedDict, repr=False
     )
     _initial_accounts: list[EmulatedAccount] = attrs.field(factory=list, repr=False)
@@ -389,19 +416,28 @@ class EmulatorState:
         self.received.clear()
         self.auth_codes.clear()
         self.prompt_cache.clear()
+        self.models = dict(catalogue.BY_ID)
         self.streams_opened = self.open_streams
         self.streams_closed = 0
         self.stream_closed_times.clear()
 
     # -- the prompt cache -----------------------------------------------------------------
 
-    def cached_tokens(self, key: tuple[str, str, str], prompt_tokens: int) -> int:
-        """Tokens of this prompt already seen by the previous request of the same session."""
-        previous = self.prompt_cache.pop(key, 0)
-        self.prompt_cache[key] = prompt_tokens
+    def cached_tokens(self, key: tuple[str, str, str], prompt: PromptPrefix) -> int:
+        """Tokens of this prompt's longest prefix that the previous request of the same
+        session sent too (the same system instruction and tools, then equal contents)."""
+        previous = self.prompt_cache.pop(key, None)
+        self.prompt_cache[key] = prompt
         if len(self.prompt_cache) > _PROMPT_CACHE_ENTRIES:
             self.prompt_cache.popitem(last=False)
-        return min(previous, prompt_tokens)
+        if previous is None or previous.head != prompt.head:
+            return 0
+        cached = prompt.head_tokens
+        for (old, _), (new, tokens) in zip(previous.contents, prompt.contents, strict=False):
+            if old != new:
+                break
+            cached += tokens
+        return cached
 
     # -- streams --------------------------------------------------------------------------
 
@@ -458,6 +494,10 @@ def _check_knob(name: str, value: Any) -> Any:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                   or value < 0):
             raise ValueError("chunk_chars must be null or an integer >= 0")
+        return value
+    if name == "version_gate":
+        if value not in ("text", "error", "off"):
+            raise ValueError("version_gate must be 'text', 'error' or 'off'")
         return value
     if name == "next_login_email":
         if not isinstance(value, str) or "@" not in value:

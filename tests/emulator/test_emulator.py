@@ -26,8 +26,8 @@ from gateway.emulator import (
     EmulatorState,
     Fault,
 )
-from gateway.translate.cloudcode import SKIP_SIGNATURE
-from gateway.translate.models import catalogue
+from gateway.emulator.catalogue import BY_ID, VERSION_REFUSAL
+from gateway.emulator.content import SKIP_SIGNATURE
 from gateway.upstream.client import CloudCodeClient
 from gateway.upstream.ratelimit import is_quota_exhausted, reset_seconds
 from gateway.upstream.sse import SSEParser
@@ -51,6 +51,7 @@ WEATHER = {
     },
 }
 CLIENT = {"client_id": EMULATOR_CLIENT_ID, "client_secret": EMULATOR_CLIENT_SECRET}
+AGENT = "antigravity/hub/2.9.1 darwin/arm64"
 
 
 @asynccontextmanager
@@ -71,14 +72,25 @@ async def token_for(http: httpx.AsyncClient, refresh_token: str = DEMO1.refresh_
 def envelope(
     text: str = "hello",
     *,
-    model: str = "gemini-2.5-flash",
+    model: str = "gemini-3-flash",
     project: str = DEMO1.project,
     contents: list[dict[str, Any]] | None = None,
+    agent: str | None = None,
     **request: Any,
 ) -> dict[str, Any]:
+    """A generation body; `agent` (a User-Agent) travels with it to the helpers below."""
     inner = {"contents": contents or [{"role": "user", "parts": [{"text": text}]}], **request}
-    return {"project": project, "model": model, "request": inner, "userAgent": "antigravity",
+    body = {"project": project, "model": model, "request": inner, "userAgent": "antigravity",
             "requestType": "agent", "requestId": "req-1"}
+    if agent is not None:
+        body["agent"] = agent
+    return body
+
+
+def _send(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The body to put on the wire, and the User-Agent to send it with."""
+    body = dict(body)
+    return body, body.pop("agent", AGENT)
 
 
 async def stream(
@@ -87,7 +99,8 @@ async def stream(
     """Status and the decoded `response` objects of one streamed call."""
     parser = SSEParser()
     payloads: list[dict[str, Any]] = []
-    async with http.stream("POST", STREAM, json=body, headers=bearer(token)) as response:
+    body, agent = _send(body)
+    async with http.stream("POST", STREAM, json=body, headers=bearer(token, agent)) as response:
         if response.status_code != 200:
             return response.status_code, [json.loads(await response.aread())]
         async for chunk in response.aiter_raw():
@@ -98,11 +111,12 @@ async def stream(
 
 
 async def unary(http: httpx.AsyncClient, token: str, body: dict[str, Any]) -> httpx.Response:
-    return await http.post(UNARY, json=body, headers=bearer(token))
+    body, agent = _send(body)
+    return await http.post(UNARY, json=body, headers=bearer(token, agent))
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
+def bearer(token: str, agent: str = AGENT) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}", "user-agent": agent}
 
 
 def parts(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -194,10 +208,17 @@ async def test_project_discovery_and_onboarding(emulator: RunningEmulator) -> No
     emulator.state.add_account("new@example.com", "r-new")
     emulator.state.onboard_pending_polls = 1
     async with client(emulator) as http:
-        known = await http.post("/v1internal:loadCodeAssist", json={"metadata": {}},
-                                headers=bearer(await token_for(http)))
+        token = await token_for(http)
+        known = await http.post("/v1internal:loadCodeAssist",
+                                json={"metadata": {"ideType": "ANTIGRAVITY"}},
+                                headers=bearer(token))
         assert known.json()["cloudaicompanionProject"] == DEMO1.project
         assert known.json()["currentTier"]["id"] == "standard-tier"
+        # the old metadata form (or none) is told the free tier, whatever the account has
+        for metadata in ({}, {"ideType": "IDE_UNSPECIFIED", "pluginType": "GEMINI"}):
+            wrong = await http.post("/v1internal:loadCodeAssist", json={"metadata": metadata},
+                                    headers=bearer(token))
+            assert wrong.json()["currentTier"]["id"] == "free-tier"
         token = await token_for(http, "r-new")
         fresh = (await http.post("/v1internal:loadCodeAssist", json={"metadata": {}},
                                  headers=bearer(token))).json()
@@ -212,16 +233,24 @@ async def test_project_discovery_and_onboarding(emulator: RunningEmulator) -> No
 
 
 async def test_available_models_with_quota(emulator: RunningEmulator) -> None:
-    emulator.state.set_quota(DEMO1.email, "claude-sonnet-4-5", 0.25, "2026-12-01T00:00:00Z")
+    emulator.state.set_quota(DEMO1.email, "claude-sonnet-4-6", 0.25, "2026-12-01T00:00:00Z")
+    emulator.state.set_quota(DEMO1.email, "gemini-3.1-pro-high", 0, "2026-12-01T00:00:00Z")
     async with client(emulator) as http:
         token = await token_for(http)
         response = await http.post("/v1internal:fetchAvailableModels",
                                    json={"project": DEMO1.project}, headers=bearer(token))
-    models = response.json()["models"]
-    assert set(models) == {m.id for m in catalogue()}
-    assert models["claude-sonnet-4-5"]["quotaInfo"] == {
+    answer = response.json()
+    models = answer["models"]
+    assert set(models) == set(BY_ID)
+    assert models["claude-sonnet-4-6"]["quotaInfo"] == {
         "remainingFraction": 0.25, "resetTime": "2026-12-01T00:00:00Z"}
-    assert models["gemini-2.5-flash"]["quotaInfo"]["remainingFraction"] == 1.0
+    # an exhausted model's zero is left out, as the upstream does
+    assert models["gemini-3.1-pro-high"]["quotaInfo"] == {"resetTime": "2026-12-01T00:00:00Z"}
+    assert models["gemini-3-flash"]["quotaInfo"]["remainingFraction"] == 1.0
+    assert models["claude-opus-4-6-thinking"]["maxOutputTokens"] == 64_000
+    assert models["gemini-3-flash"]["maxTokens"] == 1_048_576
+    assert "displayName" not in models["chat_20706"]  # internal ids come bare
+    assert answer["deprecatedModelIds"]["claude-sonnet-4-5"] == {"newModelId": "claude-sonnet-4-6"}
 
 
 # -- generation -----------------------------------------------------------------------------
@@ -253,7 +282,7 @@ async def test_streamed_text_chunks_and_usage(emulator: RunningEmulator) -> None
         assert text_of([whole["response"]]) == "Echo: hello world"
     sent = emulator.state.received[-1]
     assert sent.path == UNARY and sent.email == DEMO1.email
-    assert sent.model == "gemini-2.5-flash" and sent.body == body
+    assert sent.model == "gemini-3-flash" and sent.body == body
     assert sent.headers["authorization"].startswith("Bearer ")
 
 
@@ -267,7 +296,8 @@ async def test_images_tool_results_and_answer_size(emulator: RunningEmulator) ->
         assert "I see 2 image(s)" in text_of([seen.json()["response"]])
         tool = await unary(http, token, envelope(contents=[
             {"role": "user", "parts": [{"text": "weather?"}]},
-            {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {}}}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {}},
+                                         "thoughtSignature": SKIP_SIGNATURE}]},
             {"role": "user", "parts": [result]}], tools=[{"functionDeclarations": [WEATHER]}]))
         assert text_of([tool.json()["response"]]) == (
             'Tool get_weather returned: {"result": "sunny"}')
@@ -296,7 +326,7 @@ async def test_tool_calls_follow_the_schema(emulator: RunningEmulator) -> None:
     async with client(emulator) as http:
         token = await token_for(http)
         _, chunks = await stream(http, token, envelope(
-            "use get_weather please", model="claude-sonnet-4-5", tools=tools))
+            "use get_weather please", model="claude-sonnet-4-6", tools=tools))
         (call,) = [p["functionCall"] for p in parts(chunks)]
         assert call["name"] == "get_weather" and call["id"].startswith("toolu_")
         assert call["args"] == {"city": "Paris", "unit": "celsius", "days": 1, "hourly": True}
@@ -329,7 +359,7 @@ async def test_json_mode(emulator: RunningEmulator) -> None:
 
 async def test_claude_thinking_is_signed_and_checked(emulator: RunningEmulator) -> None:
     thinking = {"include_thoughts": True, "thinking_budget": 1024}
-    model = "claude-sonnet-4-5-thinking"
+    model = "claude-opus-4-6-thinking"
     tools = [{"functionDeclarations": [WEATHER]}]
     async with client(emulator) as http:
         token = await token_for(http)
@@ -368,7 +398,7 @@ async def test_claude_thinking_is_signed_and_checked(emulator: RunningEmulator) 
 
 
 async def test_gemini_3_signs_calls_and_requires_them_back(emulator: RunningEmulator) -> None:
-    model = "gemini-3-pro-high"
+    model = "gemini-3.1-pro-high"
     tools = [{"functionDeclarations": [WEATHER]}]
     async with client(emulator) as http:
         token = await token_for(http)
@@ -406,17 +436,22 @@ async def test_gemini_3_signs_calls_and_requires_them_back(emulator: RunningEmul
     ("body", "status", "needle"),
     [
         (envelope(model="no-such-model"), 404, "NOT_FOUND"),
+        (envelope(model="claude-sonnet-4-5"), 404, "NOT_FOUND"),  # retired
+        (envelope(model="chat_20706"), 404, "NOT_FOUND"),  # internal
         (envelope(project="someone-else"), 403, "PERMISSION_DENIED"),
         (envelope(contents=[]) | {"request": {"contents": []}}, 400, "contents"),
         (envelope(tools=[{"functionDeclarations": [{"name": "f", "parameters": {
             "type": "object", "additionalProperties": False,
             "properties": {"a": {"type": "string"}}}}]}]), 400, "additionalProperties"),
         (envelope(generationConfig={"maxOutputTokens": 10**6}), 400, "max_tokens"),
-        (envelope(model="claude-sonnet-4-5", contents=[
+        (envelope(model="claude-sonnet-4-6", contents=[
             {"role": "user", "parts": [{"text": "a"}]},
             {"role": "user", "parts": [{"text": "b"}]}]), 400, "alternate"),
+        (envelope(generationConfig={"thinkingConfig": {"thinkingLevel": "max"}}), 400,
+         "thinking level"),
     ],
-    ids=["model", "project", "contents", "schema", "max-output", "alternation"],
+    ids=["model", "retired", "internal", "project", "contents", "schema", "max-output",
+         "alternation", "level"],
 )
 async def test_refusals(
     emulator: RunningEmulator, body: dict[str, Any], status: int, needle: str
@@ -488,13 +523,13 @@ async def test_quota_exhausted_flavour(emulator: RunningEmulator) -> None:
 
 async def test_faults_match_account_model_and_method(emulator: RunningEmulator) -> None:
     state = emulator.state
-    state.add_fault(Fault(kind="server_error", model="claude-sonnet-4-5"))
+    state.add_fault(Fault(kind="server_error", model="claude-sonnet-4-6"))
     state.add_fault(Fault(kind="forbidden", account=DEMO_ACCOUNTS[1].email))
     state.add_fault(Fault(kind="unavailable", method="fetchAvailableModels", times=1))
     async with client(emulator) as http:
         token = await token_for(http)
         assert (await unary(http, token, envelope())).status_code == 200
-        claude = await unary(http, token, envelope(model="claude-sonnet-4-5"))
+        claude = await unary(http, token, envelope(model="claude-sonnet-4-6"))
         assert claude.status_code == 500
         other = await token_for(http, DEMO_ACCOUNTS[1].refresh_token)
         assert (await unary(http, other, envelope(
@@ -591,9 +626,9 @@ async def test_control_surface(emulator: RunningEmulator) -> None:
             "email": "zed@example.com", "refresh_token": "r-zed", "project": "p-zed"})
         assert account.status_code == 201
         quota = await http.post("/__emulator/quota", json={
-            "email": "zed@example.com", "model": "gemini-2.5-pro", "fraction": 0,
+            "email": "zed@example.com", "model": "gemini-3.1-pro-low", "fraction": 0,
             "reset_time": "2026-12-01T00:00:00Z"})
-        assert quota.json()["quotas"]["gemini-2.5-pro"]["fraction"] == 0
+        assert quota.json()["quotas"]["gemini-3.1-pro-low"]["fraction"] == 0
         token = await token_for(http, "r-zed")
         await unary(http, token, envelope(project="p-zed"))
         requests = (await http.get("/__emulator/requests")).json()
@@ -628,3 +663,178 @@ def test_demo_accounts_read_both_ways() -> None:
                                       "project": "demo-project-2"}
     state = EmulatorState.with_demo_accounts()
     assert set(state.accounts) == {"demo1@example.com", "demo2@example.com"}
+
+
+# -- today's upstream: the client gate, the lineup, the stricter checks ---------------------
+
+
+@pytest.mark.parametrize("agent", ["antigravity/1.11.5 linux/amd64",
+                                   "antigravity/1.20.6 darwin/arm64",
+                                   "antigravity/cli/1.0.1 windows/amd64", "python-httpx/0.28"])
+async def test_outdated_clients_get_the_refusal_as_an_answer(
+    emulator: RunningEmulator, agent: str
+) -> None:
+    async with client(emulator) as http:
+        token = await token_for(http)
+        status, chunks = await stream(http, token, envelope(agent=agent))
+        assert status == 200  # as in 2026: the refusal is the model's whole "answer"
+        assert text_of(chunks) == VERSION_REFUSAL
+        assert chunks[-1]["usageMetadata"]["promptTokenCount"] == 0
+        whole = await unary(http, token, envelope(agent=agent))
+        assert text_of([whole.json()["response"]]) == VERSION_REFUSAL
+        emulator.state.version_gate = "error"
+        refused = await unary(http, token, envelope(agent=agent))
+        assert refused.status_code == 400
+        assert refused.json()["error"]["status"] == "FAILED_PRECONDITION"
+        assert "no longer supported" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("agent", ["antigravity/2.0.3 linux/x64", AGENT,
+                                   "antigravity/cli/1.1.12 windows/amd64"])
+async def test_current_clients_are_served(emulator: RunningEmulator, agent: str) -> None:
+    async with client(emulator) as http:
+        token = await token_for(http)
+        status, chunks = await stream(http, token, envelope(agent=agent))
+    assert status == 200 and text_of(chunks) == "Echo: hello"
+
+
+async def test_new_models_need_a_new_client(emulator: RunningEmulator) -> None:
+    async with client(emulator) as http:
+        token = await token_for(http)
+        old = "antigravity/2.2.1 darwin/arm64"
+        assert (await unary(http, token, envelope(agent=old))).status_code == 200
+        newer = envelope(model="gemini-3.5-flash-low", agent=old)
+        missing = await unary(http, token, newer)
+        assert missing.status_code == 404
+        assert missing.json()["error"]["message"] == "Requested entity was not found."
+        newer["agent"] = AGENT
+        assert (await unary(http, token, envelope(model="gemini-3.5-flash-low"))
+                ).status_code == 200
+
+
+async def test_signatures_belong_to_the_family_that_minted_them(
+    emulator: RunningEmulator,
+) -> None:
+    """A Claude thought replayed to Gemini, or a Gemini one to Claude, is refused."""
+    async with client(emulator) as http:
+        token = await token_for(http)
+        _, claude = await stream(http, token, envelope(
+            "think", model="claude-opus-4-6-thinking",
+            generationConfig={"maxOutputTokens": 4096, "thinkingConfig": {
+                "include_thoughts": True, "thinking_budget": 1024}}))
+        claude_thought = "".join(p["text"] for p in parts(claude) if p.get("thought"))
+        claude_sig = next(p["thoughtSignature"] for p in parts(claude) if p.get("thought")
+                          and "thoughtSignature" in p)
+        _, gemini = await stream(http, token, envelope(
+            "think", model="gemini-3-flash",
+            generationConfig={"thinkingConfig": {"includeThoughts": True}}))
+        gemini_thought = "".join(p["text"] for p in parts(gemini) if p.get("thought"))
+        # Gemini's thought signature rides on a part of its own after the thoughts
+        gemini_sig = next(p["thoughtSignature"] for p in parts(gemini)
+                          if "thoughtSignature" in p and not p.get("thought"))
+
+        def history(model: str, thought: str, signature: str) -> dict[str, Any]:
+            return envelope(model=model, contents=[
+                {"role": "user", "parts": [{"text": "think"}]},
+                {"role": "model", "parts": [
+                    {"text": thought, "thought": True, "thoughtSignature": signature},
+                    {"text": "answer"}]},
+                {"role": "user", "parts": [{"text": "more"}]}],
+                generationConfig={"maxOutputTokens": 4096, "thinkingConfig": {
+                    "include_thoughts": True, "thinking_budget": 1024}})
+
+        ok = await unary(http, token, history("claude-sonnet-4-6", claude_thought, claude_sig))
+        assert ok.status_code == 200, ok.text
+        ok = await unary(http, token, history("gemini-3.1-pro-low", gemini_thought, gemini_sig))
+        assert ok.status_code == 200, ok.text
+        to_claude = await unary(http, token,
+                                history("claude-sonnet-4-6", gemini_thought, gemini_sig))
+        assert to_claude.status_code == 400
+        assert "Invalid `signature` in `thinking` block" in to_claude.json()["error"]["message"]
+        to_gemini = await unary(http, token,
+                                history("gemini-3-flash", claude_thought, claude_sig))
+        assert to_gemini.status_code == 400
+        assert to_gemini.json()["error"]["message"] == "Corrupted thought signature."
+        unsigned = history("claude-sonnet-4-6", claude_thought, claude_sig)
+        del unsigned["request"]["contents"][1]["parts"][0]["thoughtSignature"]
+        missing = await unary(http, token, unsigned)
+        assert "thinking.signature: Field required" in missing.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("model", "calls", "responses", "needle"),
+    [
+        ("gemini-3-flash", ["get_weather"], ["get_weather", "get_weather"],
+         "number of function response parts is equal"),
+        ("gemini-3-flash", ["get_weather"], ["lookup"], "Request contains an invalid argument."),
+        ("gemini-3-flash", [], ["get_weather"], "comes immediately after a function call"),
+        ("claude-sonnet-4-6", ["get_weather"], [], "without `tool_result` blocks"),
+        ("claude-sonnet-4-6", ["get_weather"], ["lookup"],
+         "Request contains an invalid argument."),
+    ],
+    ids=["gemini-count", "gemini-name", "gemini-orphan", "claude-missing", "claude-name"],
+)
+async def test_function_responses_must_answer_their_calls(
+    emulator: RunningEmulator, model: str, calls: list[str], responses: list[str], needle: str
+) -> None:
+    claude = model.startswith("claude")
+    model_parts: list[dict[str, Any]] = [
+        {"functionCall": {"name": n, "args": {}, **({"id": f"t{i}"} if claude else {})},
+         "thoughtSignature": SKIP_SIGNATURE}
+        for i, n in enumerate(calls)
+    ] or [{"text": "no call"}]
+    answers: list[dict[str, Any]] = [
+        {"functionResponse": {"name": n, "response": {"result": "x"},
+                              **({"id": f"t{i}"} if claude else {})}}
+        for i, n in enumerate(responses)
+    ] or [{"text": "no results"}]
+    body = envelope(model=model, contents=[
+        {"role": "user", "parts": [{"text": "go"}]},
+        {"role": "model", "parts": model_parts},
+        {"role": "user", "parts": answers}], tools=[{"functionDeclarations": [WEATHER]}])
+    async with client(emulator) as http:
+        response = await unary(http, await token_for(http), body)
+    assert response.status_code == 400
+    assert needle in response.json()["error"]["message"]
+
+
+async def test_capacity_and_bare_429_faults(emulator: RunningEmulator) -> None:
+    emulator.state.add_fault(Fault(kind="capacity", reset_seconds=2.5, times=1))
+    emulator.state.add_fault(Fault(kind="bare_rate_limit", times=1))
+    async with client(emulator) as http:
+        token = await token_for(http)
+        busy = await unary(http, token, envelope())
+        assert busy.status_code == 503
+        error = busy.json()["error"]
+        assert error["status"] == "UNAVAILABLE"
+        assert "No capacity available for model gemini-3-flash" in error["message"]
+        assert error["details"][0]["reason"] == "MODEL_CAPACITY_EXHAUSTED"
+        assert reset_seconds(busy.text, {}, now=0) == 2.5
+        bare = await unary(http, token, envelope())
+        assert bare.status_code == 429
+        assert bare.json() == {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                                         "message": "Resource has been exhausted (e.g. check "
+                                                    "quota)."}}
+
+
+async def test_prompt_cache_hits_only_a_real_prefix(emulator: RunningEmulator) -> None:
+    def turn(*texts: str, system: str = "be brief") -> dict[str, Any]:
+        contents = [{"role": "user" if i % 2 == 0 else "model", "parts": [{"text": t}]}
+                    for i, t in enumerate(texts)]
+        return envelope(contents=contents, sessionId="s-cache",
+                        systemInstruction={"role": "user", "parts": [{"text": system}]})
+
+    async def cached(body: dict[str, Any]) -> tuple[int, int]:
+        response = await unary(http, token, body)
+        usage = response.json()["response"]["usageMetadata"]
+        return usage.get("cachedContentTokenCount", 0), usage["promptTokenCount"]
+
+    async with client(emulator) as http:
+        token = await token_for(http)
+        assert (await cached(turn("a" * 400)))[0] == 0
+        hit, prompt = await cached(turn("a" * 400, "ok", "b" * 400))
+        assert 0 < hit < prompt  # the first turn repeats, the rest is new
+        miss, _ = await cached(turn("c" * 400, "ok", "b" * 400))
+        assert 0 < miss < hit / 4  # same length, a new first turn: only the system repeats
+        other_system, _ = await cached(turn("c" * 400, "ok", "b" * 400, system="be long"))
+        assert other_system == 0
