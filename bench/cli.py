@@ -100,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
         help="emulator's text chunks per answer (default 32; quick 4)")
     add("--chunk-chars", type=_positive_int, metavar="N",
         help="characters per emulator text chunk (default 24; quick 8)")
-    add("--model", default="claude-sonnet-4-5",
-        help="model every face asks for (default claude-sonnet-4-5)")
+    add("--model", default="claude-sonnet-4-6",
+        help="model every face asks for (default claude-sonnet-4-6)")
     add("--idle-streams", type=int, metavar="N",
         help="idle streams held open through the gateway; 0 skips (default 2000; quick 20)")
     add("--idle-http", type=_list(str, HTTP_CHOICES), metavar="1.1,h2c",

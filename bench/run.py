@@ -63,7 +63,7 @@ class Settings:
     chunk_delay: float = 0.001
     chunks: int = 32
     chunk_chars: int = 24
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     idle_streams: int = 2000
     idle_http: tuple[Http, ...] = ("1.1", "h2c")
     disconnect_trials: int = 20

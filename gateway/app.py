@@ -30,10 +30,11 @@ from gateway.accounts.supervisor import Supervisor
 from gateway.api import admin
 from gateway.api import anthropic as anthropic_api
 from gateway.api import openai as openai_api
-from gateway.api.chat import Dialect, Receive, Scope, Send, handle_chat, send_json
+from gateway.api.chat import Dialect, Receive, Scope, Send, handle_chat, header, send_json
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.signatures import SignatureCache
+from gateway.translate.models import FALLBACK, Catalogue, ModelInfo
 from gateway.upstream.client import CloudCodeClient, make_http_client
 from gateway.upstream.dispatch import Dispatcher
 
@@ -56,10 +57,16 @@ class Services:
     metrics: Metrics
     demo: bool = False
 
-    def available_models(self) -> set[str] | None:
-        """Models the accounts reported, or None (no restriction) before any probe answered:
-        with no accounts at all a request must reach the dispatcher and get a clear 503."""
-        return self.pool.available_models() or None
+    def catalogue(self) -> Catalogue:
+        """The models the accounts serve (their last probes), or the built-in fallback
+        before any probe answered: with no accounts at all a request must still reach the
+        dispatcher and get a clear 503."""
+        return self.pool.catalogue() or FALLBACK
+
+    def resolve_model(self, name: str, *, thinking: bool = False) -> ModelInfo:
+        return self.catalogue().resolve(
+            name, thinking=thinking, aliases=self.config.models.aliases
+        )
 
 
 async def build_services(
@@ -120,13 +127,6 @@ def _request_dialect() -> Dialect:
     return _dialect_for(request.path, "anthropic-version" in request.headers)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 class GatewayASGI:
     """Front door: API keys, CORS and chat routing, before Quart sees a request."""
 
@@ -141,7 +141,7 @@ class GatewayASGI:
         services: Services = self.app.extensions["gateway"]
         config = services.config.server
         path, method = scope["path"], scope["method"]
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         allowed_origin = _cors_origin(origin, config.cors_origins)
         if allowed_origin is not None:
             send = _with_cors(send, allowed_origin)
@@ -153,7 +153,7 @@ class GatewayASGI:
                 "invalid or missing API key: send it as 'Authorization: Bearer <key>' "
                 "or 'x-api-key: <key>'"
             )
-            status, body = _dialect_for(path, _header(scope, b"anthropic-version") is not None
+            status, body = _dialect_for(path, header(scope, b"anthropic-version") is not None
                                         ).error_body(err)
             await send_json(send, status, body)
             return
@@ -174,9 +174,9 @@ class GatewayASGI:
 
 
 def _authorized(scope: Scope, keys: tuple[str, ...]) -> bool:
-    given = _header(scope, b"x-api-key")
+    given = header(scope, b"x-api-key")
     if given is None:
-        auth = _header(scope, b"authorization") or ""
+        auth = header(scope, b"authorization") or ""
         scheme, _, token = auth.partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else None
     if not given:

@@ -52,13 +52,35 @@ class UpstreamConfig:
         "https://daily-cloudcode-pa.sandbox.googleapis.com",
         "https://cloudcode-pa.googleapis.com",
     )
-    user_agent: str = "antigravity/1.11.5 linux/amd64"
+    # The client identity Cloud Code checks: an outdated Antigravity version is refused
+    # ("This version of Antigravity is no longer supported"), and below 2.9.0 newer models
+    # are not found. This is the newest form and version the maintained peers send.
+    user_agent: str = "antigravity/hub/2.9.1 darwin/arm64"
+    # Extra headers on every Cloud Code call (e.g. X-Client-Version), for when the upstream
+    # starts asking for one before this gateway learns it.
+    extra_headers: Mapping[str, str] = attrs.field(factory=dict)
+    # Text put before every system prompt; "antigravity" means the Antigravity IDE's own
+    # identity preamble, which some peers inject. Empty: nothing (see README).
+    system_preamble: str = ""
     connect_timeout_seconds: float = 10.0
     # Longest silence tolerated between two bytes of an upstream response.
     read_timeout_seconds: float = 120.0
     # Retries on 5xx / network errors for one account before failing over.
     max_retries: int = 2
     retry_backoff_seconds: float = 0.5
+    # A model out of capacity (503 MODEL_CAPACITY_EXHAUSTED) is retried on the same account
+    # this often, waiting what the upstream says (RetryInfo) up to the longest wait below.
+    capacity_retries: int = 3
+    capacity_max_wait_seconds: float = 30.0
+    # A bare 429 (no quota details: often not quota at all) is retried on the same account
+    # this often, after a pause of this many seconds times the attempt, before the account
+    # rests briefly (the cooldown below) and another serves.
+    soft_rate_limit_retries: int = 2
+    soft_rate_limit_wait_seconds: float = 1.0
+    bare_rate_limit_cooldown_seconds: float = 10.0
+    # A 429 that says it resets sooner than this is waited out on the same account (within
+    # soft_rate_limit_retries); a longer one cools the account and another serves.
+    rate_limit_quick_retry_seconds: float = 3.0
     # Opt-in: when a model is exhausted on every account, try this one instead.
     model_fallbacks: Mapping[str, str] = attrs.field(factory=dict)
 
@@ -98,12 +120,21 @@ class ImagesConfig:
 
 
 @attrs.frozen(slots=True)
+class ModelsConfig:
+    # Client model name (or a pattern with *) -> the model to serve instead, tried after
+    # the upstream's exact ids and before family matching; e.g.
+    # "claude-haiku-4-5" = "gemini-3-flash".
+    aliases: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     oauth: OAuthConfig = OAuthConfig()
     accounts: AccountsConfig = AccountsConfig()
     images: ImagesConfig = ImagesConfig()
+    models: ModelsConfig = ModelsConfig()
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -112,6 +143,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "oauth": OAuthConfig,
     "accounts": AccountsConfig,
     "images": ImagesConfig,
+    "models": ModelsConfig,
 }
 
 _SHORT_ENV = {
@@ -127,9 +159,21 @@ _POSITIVE = {
     "server.keepalive_seconds",
     "upstream.connect_timeout_seconds",
     "upstream.read_timeout_seconds",
+    "upstream.capacity_max_wait_seconds",
     "accounts.quota_probe_interval_seconds",
     "images.max_bytes",
     "images.timeout_seconds",
+}
+
+
+_NON_NEGATIVE = {
+    "upstream.max_retries",
+    "upstream.retry_backoff_seconds",
+    "upstream.capacity_retries",
+    "upstream.soft_rate_limit_retries",
+    "upstream.rate_limit_quick_retry_seconds",
+    "upstream.soft_rate_limit_wait_seconds",
+    "upstream.bare_rate_limit_cooldown_seconds",
 }
 
 
@@ -235,6 +279,8 @@ def load_config(
             if key in _POSITIVE and value <= 0:
                 shown = "<redacted>" if _is_secret(key) else repr(value)
                 raise ConfigError(f"config key {key!r}: must be positive, got {shown}")
+            if key in _NON_NEGATIVE and value < 0:
+                raise ConfigError(f"config key {key!r}: must not be negative, got {value!r}")
     port = values["server"].get("port", 8080)
     if not 0 < port < 65536:
         raise ConfigError(f"config key 'server.port': must be 1-65535, got {port}")

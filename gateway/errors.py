@@ -121,6 +121,16 @@ class Overloaded(UpstreamError):
     openai_code = "overloaded"
 
 
+class ClientVersionRefused(UpstreamError):
+    """The upstream refused the gateway's client identity (its version gate): an operator's
+    fix (upstream.user_agent), the same on every account."""
+
+    status = 502
+    anthropic_type = "api_error"
+    openai_type = "server_error"
+    openai_code = "upstream_client_outdated"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     anthropic_type = "api_error"

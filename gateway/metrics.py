@@ -62,6 +62,11 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.version_refusals = Counter(
+            "gateway_upstream_version_refusals_total",
+            "Upstream answers refusing the gateway's client version (upstream.user_agent)",
+            registry=self.registry,
+        )
         self.upstream_errors = Counter(
             "gateway_upstream_errors_total",
             "Upstream failures seen by the dispatcher, by status",

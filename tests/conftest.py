@@ -43,7 +43,8 @@ async def start_gateway(
         config = fast_config(
             config,
             server={"port": 0, **sections.pop("server", {})},
-            upstream={"retry_backoff_seconds": 0.01, **sections.pop("upstream", {})},
+            upstream={"retry_backoff_seconds": 0.01, "soft_rate_limit_wait_seconds": 0.01,
+                      **sections.pop("upstream", {})},
             **sections,
         )
         app = create_app(config, demo=True)
@@ -90,7 +91,8 @@ async def make_rig(
             await AccountStore(path).asave(stored)
         config = fast_config(
             demo_config(Config(), emulator.url, path),
-            upstream={"retry_backoff_seconds": 0.01, **sections.pop("upstream", {})},
+            upstream={"retry_backoff_seconds": 0.01, "soft_rate_limit_wait_seconds": 0.01,
+                      **sections.pop("upstream", {})},
             **sections,
         )
         store = AccountStore(path)

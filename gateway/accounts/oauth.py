@@ -38,9 +38,11 @@ from gateway.upstream.client import CloudCodeClient, UpstreamHTTPError
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/oauth-callback"
-# What Cloud Code expects to hear about its caller in loadCodeAssist / onboardUser.
-CLIENT_METADATA: Mapping[str, str] = {
-    "ideType": "IDE_UNSPECIFIED",
+# Who is calling, as loadCodeAssist and onboardUser expect to hear it: the Antigravity IDE.
+# (The older IDE_UNSPECIFIED form is answered with the free tier whatever the account has.)
+LOAD_METADATA: Mapping[str, str] = {"ideType": "ANTIGRAVITY"}
+ONBOARD_METADATA: Mapping[str, str] = {
+    "ideType": "ANTIGRAVITY",
     "platform": "PLATFORM_UNSPECIFIED",
     "pluginType": "GEMINI",
 }
@@ -452,13 +454,12 @@ async def discover_project(
     """
     if not base_urls:
         raise ProjectDiscoveryError("no upstream base URL is configured")
-    metadata = dict(CLIENT_METADATA)
     answer: dict[str, Any] | None = None
     failure = ""
     for base_url in base_urls:
         try:
-            answer = await client.call(base_url, "loadCodeAssist", {"metadata": metadata},
-                                       access_token)
+            answer = await client.call(base_url, "loadCodeAssist",
+                                       {"metadata": dict(LOAD_METADATA)}, access_token)
             break
         except UpstreamHTTPError as exc:
             failure = f"{base_url}: {exc}"
@@ -470,7 +471,7 @@ async def discover_project(
         return project, tier
 
     tier_id = _default_allowed_tier(answer) or DEFAULT_TIER
-    body = {"tierId": tier_id, "metadata": metadata}
+    body = {"tierId": tier_id, "metadata": dict(ONBOARD_METADATA)}
     for base_url in base_urls:
         try:
             for attempt in range(max_polls):

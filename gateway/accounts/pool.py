@@ -23,6 +23,7 @@ import attrs
 
 from gateway import errors
 from gateway.accounts.model import Account, account_handle
+from gateway.translate.models import Catalogue, ModelInfo
 
 __all__ = ["AccountEntry", "AccountPool", "AccountStatus", "Pick", "PoolSnapshot"]
 
@@ -82,6 +83,9 @@ class _State:
     tier: str | None = None
     cooldown_until: dict[str, float] = attrs.field(factory=dict)
     quotas: dict[str, tuple[float | None, str | None]] = attrs.field(factory=dict)
+    # what the account's last fetchAvailableModels said it serves (None: never probed)
+    models: dict[str, ModelInfo] | None = None
+    retired: dict[str, str] = attrs.field(factory=dict)  # deprecated id -> its replacement
     failures: int = 0
 
     @classmethod
@@ -151,6 +155,8 @@ class AccountPool:
         self._states: dict[str, _State] = {}
         self._sessions: OrderedDict[str, str] = OrderedDict()
         self._last_rotated: str | None = None
+        self._catalogue: Catalogue | None = None
+        self._catalogue_stale = True
         self.replace_accounts(accounts)
 
     # -- membership ------------------------------------------------------------------------
@@ -168,6 +174,7 @@ class AccountPool:
                 account
             )
         self._states = states
+        self._catalogue_stale = True
         for session, email in list(self._sessions.items()):
             if email not in states:
                 del self._sessions[session]
@@ -179,6 +186,7 @@ class AccountPool:
         if known is None or known.account.refresh_token == account.refresh_token:
             return False
         self._states[account.email] = _State.of(account)
+        self._catalogue_stale = True
         return True
 
     def emails(self) -> list[str]:
@@ -296,6 +304,7 @@ class AccountPool:
         state.invalid_reason = reason
         state.token = None
         state.token_expiry = 0.0
+        self._catalogue_stale = True
 
     # -- facts from the supervisor ---------------------------------------------------------
 
@@ -304,7 +313,9 @@ class AccountPool:
         state = self._state(email)
         state.token = token
         state.token_expiry = expires_at
-        state.invalid_reason = None
+        if state.invalid_reason is not None:
+            state.invalid_reason = None
+            self._catalogue_stale = True
 
     def status(self, email: str) -> AccountStatus:
         return self._state(email).status(self._clock())
@@ -344,11 +355,43 @@ class AccountPool:
         for model, (fraction, reset_time) in quotas.items():
             self.set_quota(email, model, fraction, reset_time)
 
+    def set_models(
+        self, email: str, models: Iterable[ModelInfo], retired: Mapping[str, str]
+    ) -> None:
+        """What the account's probe says it serves, and the ids the upstream retired."""
+        state = self._state(email)
+        state.models = {m.id: m for m in models}
+        state.retired = dict(retired)
+        self._catalogue_stale = True
+
     # -- reading ---------------------------------------------------------------------------
 
+    def catalogue(self) -> Catalogue | None:
+        """The models the usable accounts serve, merged; None before any probe answered.
+
+        Rebuilt only when a probe answer or an account's standing changed, so a request
+        pays a lookup, not a merge.
+        """
+        if self._catalogue_stale:
+            self._catalogue_stale = False
+            models: dict[str, ModelInfo] = {}
+            retired: dict[str, str] = {}
+            probed = False
+            for state in self._states.values():
+                if state.models is None or not state.account.enabled or state.invalid_reason:
+                    continue
+                probed = True
+                models.update(state.models)
+                retired.update(state.retired)
+            self._catalogue = Catalogue(models.values(), live=True, retired=retired) if (
+                probed
+            ) else None
+        return self._catalogue
+
     def available_models(self) -> set[str]:
-        """Models any account's quota probe reported; empty before the first probe."""
-        return {model for state in self._states.values() for model in state.quotas}
+        """Ids the usable accounts' probes reported; empty before the first probe."""
+        catalogue = self.catalogue()
+        return set(catalogue.ids) if catalogue is not None else set()
 
     def snapshot(self) -> PoolSnapshot:
         now = self._clock()

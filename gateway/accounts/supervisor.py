@@ -26,7 +26,9 @@ from gateway.accounts.model import Account, account_handle
 from gateway.accounts.pool import AccountPool
 from gateway.accounts.store import AccountStore, AccountStoreError
 from gateway.config import Config
+from gateway.translate.models import parse_available_models
 from gateway.upstream.client import CloudCodeClient, UpstreamHTTPError
+from gateway.upstream.gate import is_version_refusal
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -362,10 +364,20 @@ class Supervisor:
                         break
                     continue
                 self.pool.set_quotas(worker.email, parse_quotas(answer))
+                self.pool.set_models(worker.email, *parse_available_models(answer))
                 return
         if failure is not None and failure.status == 401:
             # The token died early (revoked session): the next round refreshes it.
             await self._refresh(worker)
+            return
+        if failure is not None and is_version_refusal(failure.body):
+            if self.metrics is not None:
+                self.metrics.version_refusals.inc()
+            log.error(
+                "the upstream refuses this gateway's client version (User-Agent %r) for "
+                "quota probes: set upstream.user_agent (GATEWAY_UPSTREAM_USER_AGENT) to a "
+                "current Antigravity version", self.config.upstream.user_agent,
+            )
             return
         log.info(
             "quota probe for %s failed (%s)",

@@ -14,7 +14,7 @@ from quart import Blueprint, Response, current_app, request
 
 from gateway import errors
 from gateway.metrics import CONTENT_TYPE
-from gateway.translate.models import ModelInfo, catalogue, resolve_model
+from gateway.translate.models import ModelInfo
 
 if TYPE_CHECKING:
     from gateway.accounts.pool import PoolSnapshot
@@ -30,14 +30,15 @@ def _services() -> Services:
     return services
 
 
-def _model_entry(info: ModelInfo) -> dict[str, Any]:
+def _model_entry(info: ModelInfo, *, name: str | None = None) -> dict[str, Any]:
     """One model in a shape both SDKs accept.
 
     OpenAI's (`object`, `owned_by`, `created`) and Anthropic's (`type`, `display_name`,
-    `created_at`) model objects share `id`; one body carries both.
+    `created_at`) model objects share `id`; one body carries both. Under another `name`
+    (an alias or a family name) the entry says which model serves it (`alias_of`).
     """
-    return {
-        "id": info.id,
+    entry: dict[str, Any] = {
+        "id": name or info.id,
         "object": "model",
         "created": 0,
         "owned_by": info.owned_by,
@@ -48,20 +49,25 @@ def _model_entry(info: ModelInfo) -> dict[str, Any]:
         "max_output_tokens": info.max_output_tokens,
         "thinking": info.thinking,
     }
+    if name is not None and name != info.id:
+        entry["alias_of"] = info.id
+    return entry
 
 
 @blueprint.get("/v1/models")
 async def list_models() -> dict[str, Any]:
-    """Models the upstream offers (the catalogue until the first quota probe answers)."""
-    available = _services().available_models()
-    known = {m.id: m for m in catalogue()}
-    data = []
-    for model_id in sorted(available) if available else sorted(known):
+    """The models the accounts serve (the built-in list until the first probe answers),
+    then the configured aliases that resolve."""
+    services = _services()
+    catalogue = services.catalogue()
+    data = [_model_entry(info) for info in catalogue.models]
+    for alias in services.config.models.aliases:
+        if "*" in alias or alias in catalogue:
+            continue
         try:
-            info = known.get(model_id) or resolve_model(model_id, available)
+            data.append(_model_entry(services.resolve_model(alias), name=alias))
         except errors.GatewayError:
             continue
-        data.append(_model_entry(info))
     return {
         "object": "list",
         "data": data,
@@ -74,7 +80,7 @@ async def list_models() -> dict[str, Any]:
 @blueprint.get("/v1/models/<path:model_id>")
 async def get_model(model_id: str) -> dict[str, Any]:
     """One model by id or alias (what `client.models.retrieve(...)` calls)."""
-    return _model_entry(resolve_model(model_id, _services().available_models()))
+    return _model_entry(_services().resolve_model(model_id), name=model_id)
 
 
 @blueprint.get("/health")
@@ -89,7 +95,7 @@ async def health() -> tuple[dict[str, Any], int]:
             "activeAccounts": snap.active_accounts,
             "rateLimitedAccounts": sum(1 for a in snap.entries if a.cooldowns),
             "invalidAccounts": sum(1 for a in snap.entries if a.status == "invalid"),
-            "models": len(services.available_models() or catalogue()),
+            "models": len(services.catalogue()),
             "uptimeSeconds": round(time.time() - _STARTED, 1),
             "demo": services.demo,
         },
@@ -190,6 +196,13 @@ async def refresh_token() -> dict[str, Any]:
     services.pool.clear_cooldowns(email)
     results = await services.supervisor.refresh_now(email)
     return {"results": results}
+
+
+@blueprint.post("/api/event_logging/batch")
+async def claude_code_telemetry() -> dict[str, Any]:
+    """Claude Code posts its telemetry to its base URL: accepted and dropped, unread."""
+    await request.get_data(cache=False)
+    return {"status": "ok"}
 
 
 @blueprint.get("/metrics")

@@ -9,11 +9,15 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, current_app, request
 
 from gateway import errors
-from gateway.api.chat import PreparedChat, Scope, parse_json
+from gateway.api.chat import PreparedChat, Scope, header, parse_json
 from gateway.translate import anthropic as wire
 from gateway.translate import canonical as c
-from gateway.translate.models import resolve_model
-from gateway.translate.session import conversation_session_id
+from gateway.translate.context import apply_context_edits
+from gateway.translate.session import (
+    claude_code_session,
+    client_session_key,
+    conversation_session_id,
+)
 from gateway.translate.tokens import estimate_tokens
 
 if TYPE_CHECKING:
@@ -30,15 +34,22 @@ def _user_id(body: Any) -> str | None:
     return user if isinstance(user, str) else None
 
 
+def thinking_asked(chat: c.ChatRequest) -> bool:
+    return chat.thinking is not None and chat.thinking.enabled
+
+
 class AnthropicDialect:
     name = "anthropic"
     tool_id_prefix = "toolu_"
 
     async def prepare(self, body: Any, services: Services, scope: Scope) -> PreparedChat:
-        chat = wire.parse_messages_request(body)
-        model = resolve_model(chat.model, services.available_models())
-        session = conversation_session_id(chat, user=_user_id(body))
-        return PreparedChat(chat, model, session)
+        chat, applied = apply_context_edits(wire.parse_messages_request(body))
+        model = services.resolve_model(chat.model, thinking=thinking_asked(chat))
+        user = _user_id(body)
+        session = conversation_session_id(chat, user=user)
+        client_session = claude_code_session(user, header(scope, b"x-claude-code-session-id"))
+        sticky = client_session_key(client_session) if client_session else session
+        return PreparedChat(chat, model, session, sticky, context_edits=applied)
 
     def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]:
         return error_body(err)
@@ -47,13 +58,23 @@ class AnthropicDialect:
         return f"msg_{secrets.token_hex(12)}"
 
     def stream_renderer(self, prepared: PreparedChat, response_id: str) -> _Renderer:
-        encoder = wire.AnthropicStreamEncoder(message_id=response_id, model=prepared.request.model)
+        encoder = wire.AnthropicStreamEncoder(
+            message_id=response_id, model=prepared.request.model,
+            context_management=_context_management(prepared),
+        )
         return _Renderer(encoder)
 
     def render(
         self, prepared: PreparedChat, response: c.ChatResponse, response_id: str
     ) -> dict[str, Any]:
-        return wire.render_message(response)
+        return wire.render_message(response, context_management=_context_management(prepared))
+
+
+def _context_management(prepared: PreparedChat) -> dict[str, Any] | None:
+    # reported when the client asked for context management, even if nothing was cleared
+    if not prepared.request.context_edits:
+        return None
+    return wire.render_context_management(prepared.context_edits)
 
 
 class _Renderer:
@@ -88,6 +109,6 @@ async def count_tokens() -> tuple[dict[str, Any], int]:
     services: Services = current_app.extensions["gateway"]
     raw = await request.get_data(cache=False)
     assert isinstance(raw, bytes)
-    chat = wire.parse_count_tokens_request(parse_json(raw))
-    resolve_model(chat.model, services.available_models())
+    chat, _ = apply_context_edits(wire.parse_count_tokens_request(parse_json(raw)))
+    services.resolve_model(chat.model, thinking=thinking_asked(chat))
     return {"input_tokens": estimate_tokens(chat)}, 200

@@ -27,6 +27,7 @@ import trio
 from gateway import errors
 from gateway.translate import canonical as c
 from gateway.translate.cloudcode import CloudCodeDecoder, to_cloudcode
+from gateway.translate.context import AppliedEdit
 from gateway.translate.models import ModelInfo
 from gateway.upstream.client import UpstreamHTTPError
 
@@ -49,8 +50,10 @@ class PreparedChat:
 
     request: c.ChatRequest
     model: ModelInfo
-    session_id: str
+    session_id: str  # the upstream sessionId (a conversation)
+    sticky_key: str  # which account serves it: the conversation, or the client's session
     include_usage: bool = False  # OpenAI stream_options.include_usage
+    context_edits: tuple[AppliedEdit, ...] = ()  # Anthropic context_management that acted
 
 
 class StreamRenderer(Protocol):
@@ -94,6 +97,7 @@ class _Outcome:
 
     status: int = 200
     account: str = "-"
+    requested: str = "-"  # the model name the client sent (clipped: it is client text)
     model: str = "-"
     usage: c.Usage | None = None
     first_byte: float | None = None
@@ -108,7 +112,7 @@ class ClientDisconnected(Exception):
 
 
 async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
-    declared = _header(scope, b"content-length")
+    declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.PayloadTooLarge(f"request body exceeds the {limit} byte limit")
     chunks: list[bytes] = []
@@ -137,12 +141,18 @@ def parse_json(raw: bytes) -> Any:
         raise errors.InvalidRequest("request body nests too deeply") from None
 
 
+def _loggable(name: str) -> str:
+    """A client-supplied name safe for one log field: no spaces or controls, bounded."""
+    cleaned = "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in name)
+    return cleaned[:80] or "-"
+
+
 def _short(exc: Exception) -> str:
     text = str(exc)
     return text if len(text) < 200 else text[:200] + "..."
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return bytes(value).decode("latin-1")
@@ -221,6 +231,7 @@ async def handle_chat(
             return
         stream = prepared.request.stream
         outcome.model = prepared.model.id
+        outcome.requested = _loggable(prepared.request.model)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, outcome)
             sender, items = trio.open_memory_channel[_Item](8)
@@ -256,10 +267,11 @@ async def handle_chat(
         )
         usage = outcome.usage or c.Usage()
         access_log.info(
-            "request id=%s route=%s model=%s account=%s stream=%s status=%s "
+            "request id=%s route=%s requested=%s model=%s account=%s stream=%s status=%s "
             "latency_ms=%d ttfb_ms=%s input_tokens=%d output_tokens=%d cached_tokens=%d%s",
             request_id,
             dialect.name,
+            outcome.requested,
             outcome.model,
             outcome.account,
             stream,
@@ -357,6 +369,7 @@ async def _relay(
             session_id=prepared.session_id,
             request_id=request_id,
             tool_signatures=signatures,
+            preamble=services.config.upstream.system_preamble,
         )
 
     async def emit(events: list[c.StreamEvent]) -> None:
@@ -366,7 +379,7 @@ async def _relay(
             held.extend(events)
 
     async with services.dispatcher.open_stream(
-        model=prepared.model, session_id=prepared.session_id, build_body=build_body
+        model=prepared.model, sticky_key=prepared.sticky_key, build_body=build_body
     ) as upstream:
         await sender.send(_Opened(upstream.account_handle, upstream.model.id))
         decoder = CloudCodeDecoder(

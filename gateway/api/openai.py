@@ -12,7 +12,6 @@ from gateway.api.chat import PreparedChat, Scope
 from gateway.api.images import fetch_images
 from gateway.translate import canonical as c
 from gateway.translate import openai as wire
-from gateway.translate.models import resolve_model
 from gateway.translate.session import conversation_session_id
 from gateway.upstream.sse import encode_comment, encode_event
 
@@ -32,10 +31,13 @@ class OpenAIDialect:
         urls = wire.image_urls_to_fetch(body)
         fetched = await fetch_images(urls, services.config.images) if urls else {}
         chat = wire.parse_chat_request(body, fetched_images=fetched)
-        model = resolve_model(chat.model, services.available_models())
+        thinking = chat.thinking is not None and chat.thinking.enabled
+        model = services.resolve_model(chat.model, thinking=thinking)
         user = body.get("user") if isinstance(body, dict) else None
         session = conversation_session_id(chat, user=user if isinstance(user, str) else None)
-        return PreparedChat(chat, model, session, include_usage=wire.stream_include_usage(body))
+        return PreparedChat(
+            chat, model, session, session, include_usage=wire.stream_include_usage(body)
+        )
 
     def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]:
         return error_body(err)

@@ -27,6 +27,7 @@ import attrs
 
 from gateway import errors
 from gateway.translate import canonical as c
+from gateway.translate.context import AppliedEdit
 
 __all__ = [
     "IMAGE_MEDIA_TYPES",
@@ -34,6 +35,7 @@ __all__ = [
     "SSEEvent",
     "parse_count_tokens_request",
     "parse_messages_request",
+    "render_context_management",
     "render_message",
     "sse_bytes",
 ]
@@ -43,7 +45,7 @@ SSEEvent = tuple[str, dict[str, Any]]
 IMAGE_MEDIA_TYPES: Final = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _MIN_THINKING_BUDGET = 1024
-_ROLES = ("user", "assistant")
+_ROLES = ("user", "assistant", "system")
 _CHOICE_MODES: Final[dict[str, Literal["auto", "any", "tool", "none"]]] = {
     "auto": "auto",
     "any": "any",
@@ -165,9 +167,13 @@ def _parse(body: Any, *, require_max_tokens: bool) -> c.ChatRequest:
     raw_messages = _list(body["messages"], "messages")
     if not raw_messages:
         _fail("messages", "at least one message is required")
-    messages = _messages(raw_messages)
-
-    system = _system(body.get("system"))
+    declared, deferred = _tools(body.get("tools"))
+    toolbox = _Toolbox(declared, deferred)
+    leading_system, messages, turn_effort = _messages(raw_messages, toolbox)
+    system = (
+        *(_system_content(body["system"], "system") if body.get("system") is not None else ()),
+        *leading_system,
+    )
 
     temperature = None
     if (value := body.get("temperature")) is not None:
@@ -192,10 +198,12 @@ def _parse(body: Any, *, require_max_tokens: bool) -> c.ChatRequest:
     if (value := body.get("stream")) is not None:
         stream = _boolean(value, "stream")
 
-    tools = _tools(body.get("tools"))
+    tools = tuple(toolbox.active.values())
     tool_choice = _tool_choice(body.get("tool_choice"), tools)
     thinking = _thinking(body.get("thinking"), max_tokens if require_max_tokens else None)
     response_format = _response_format(body)
+    effort = turn_effort or _effort(body.get("output_config"), "output_config")
+    context_edits = _context_edits(body.get("context_management"))
 
     return c.ChatRequest(
         model=model,
@@ -209,56 +217,167 @@ def _parse(body: Any, *, require_max_tokens: bool) -> c.ChatRequest:
         tools=tools,
         tool_choice=tool_choice,
         thinking=thinking,
+        effort=effort,
         response_format=response_format,
+        context_edits=context_edits,
         stream=stream,
     )
 
 
-def _system(value: Any) -> tuple[c.TextBlock, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (c.TextBlock(value),) if value else ()
-    blocks: list[c.TextBlock] = []
-    for i, item in enumerate(_list(value, "system")):
-        path = f"system.{i}"
-        block = _object(item, path)
-        kind = block.get("type")
-        if kind != "text":
-            _fail(f"{path}.type", f'system blocks must have type "text", got {_quote(kind)}')
-        blocks.append(c.TextBlock(_string(block.get("text"), f"{path}.text")))
-    return tuple(blocks)
+class _Toolbox:
+    """The tools offered to the model, as the conversation changes them.
+
+    Tools with `defer_loading` start hidden; a `tool_reference` in a tool result (a tool
+    search found them) or a `tool_addition` in a system message offers them from then on,
+    a `tool_removal` withdraws one. The upstream takes one fixed tool list per request, so
+    what is offered at the end of the conversation (where the model answers) is declared.
+    """
+
+    def __init__(self, tools: Sequence[c.Tool], deferred: Sequence[c.Tool]) -> None:
+        self.known: dict[str, c.Tool] = {t.name: t for t in (*tools, *deferred)}
+        self.active: dict[str, c.Tool] = {t.name: t for t in tools}
+
+    def offer(self, tool: c.Tool) -> None:
+        self.known.setdefault(tool.name, tool)
+        self.active[tool.name] = tool
+
+    def offer_named(self, name: str) -> bool:
+        tool = self.known.get(name)
+        if tool is None:
+            return False
+        self.active[name] = tool
+        return True
+
+    def withdraw(self, name: str) -> None:
+        self.active.pop(name, None)
 
 
-def _messages(raw: list[Any]) -> tuple[c.Message, ...]:
+def _messages(
+    raw: list[Any], toolbox: _Toolbox
+) -> tuple[tuple[c.TextBlock, ...], tuple[c.Message, ...], c.Effort | None]:
+    """Leading system messages (folded into the system prompt), the conversation, and the
+    effort a system message set for the current turn (`output_config.effort`)."""
     tool_names: dict[str, str] = {}
+    leading_system: list[c.TextBlock] = []
     messages: list[c.Message] = []
+    turn_effort: c.Effort | None = None
+    later_user = [False] * len(raw)
+    seen_user = False
+    for i in range(len(raw) - 1, -1, -1):
+        later_user[i] = seen_user
+        item = raw[i]
+        seen_user = seen_user or (isinstance(item, Mapping) and item.get("role") == "user")
     for i, item in enumerate(raw):
         path = f"messages.{i}"
         message = _object(item, path)
         role = message.get("role")
         if not isinstance(role, str) or role not in _ROLES:
-            _fail(f"{path}.role", f'must be "user" or "assistant", got {_quote(role)}')
+            _fail(f"{path}.role", f'must be "user", "assistant" or "system", got {_quote(role)}')
         if "content" not in message:
             _fail(f"{path}.content", "field required")
         content = message["content"]
+        if role == "system":
+            texts = _system_message(message, path, toolbox)
+            if message.get("clear_at") == "next_user_message" and later_user[i]:
+                continue  # shown only for the user turn it followed, which is over
+            if (effort := _effort(message.get("output_config"), f"{path}.output_config")):
+                turn_effort = effort
+            if not messages:
+                leading_system.extend(texts)
+            elif texts:
+                messages.append(c.Message(role="system", content=tuple(texts)))
+            continue
+        if role == "assistant":
+            turn_effort = None  # a system message's effort applies to the turn it precedes
         blocks: list[c.ContentBlock] = []
         if isinstance(content, str):
             blocks.append(c.TextBlock(content))
         else:
             for j, raw_block in enumerate(_list(content, f"{path}.content")):
-                blocks.extend(_content_block(raw_block, f"{path}.content.{j}", role, tool_names))
+                blocks.extend(
+                    _content_block(raw_block, f"{path}.content.{j}", role, tool_names, toolbox)
+                )
         for block in blocks:
             if isinstance(block, c.ToolUseBlock):
                 tool_names[block.id] = block.name
         messages.append(
             c.Message(role="user" if role == "user" else "assistant", content=tuple(blocks))
         )
-    return tuple(messages)
+    if not messages:
+        _fail("messages", "at least one user or assistant message is required")
+    return tuple(leading_system), tuple(messages), turn_effort
+
+
+# Claude Code puts a line for Anthropic's billing first in its system prompt; it means
+# nothing to another upstream and would cost tokens on every request.
+_BILLING_HEADER = "x-anthropic-billing-header:"
+
+
+def _system_content(value: Any, path: str) -> list[c.TextBlock]:
+    """Text of the system prompt: a string or text blocks (cache_control is ignored, as is
+    Claude Code's billing line)."""
+    if isinstance(value, str):
+        return [c.TextBlock(value)] if value else []
+    blocks: list[c.TextBlock] = []
+    for i, item in enumerate(_list(value, path)):
+        inner = f"{path}.{i}"
+        block = _object(item, inner)
+        kind = block.get("type")
+        if kind != "text":
+            _fail(f"{inner}.type", f'system blocks must have type "text", got {_quote(kind)}')
+        text = _string(block.get("text"), f"{inner}.text")
+        if text and not text.startswith(_BILLING_HEADER):
+            blocks.append(c.TextBlock(text))
+    return blocks
+
+
+def _system_message(message: Mapping[str, Any], path: str, toolbox: _Toolbox) -> list[c.TextBlock]:
+    """A mid-conversation system message: its text, with tool changes applied to `toolbox`
+    and told to the model in words (the upstream only sees the final tool list)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return [c.TextBlock(content)] if content else []
+    blocks: list[c.TextBlock] = []
+    for i, item in enumerate(_list(content, f"{path}.content")):
+        inner = f"{path}.content.{i}"
+        block = _object(item, inner)
+        kind = block.get("type")
+        if kind == "text":
+            text = _string(block.get("text"), f"{inner}.text")
+            if text:
+                blocks.append(c.TextBlock(text))
+        elif kind in ("tool_addition", "tool_removal"):
+            name = _tool_change(block, inner, toolbox, add=kind == "tool_addition")
+            state = "now available" if kind == "tool_addition" else "no longer available"
+            blocks.append(c.TextBlock(f"The tool `{name}` is {state}."))
+        else:
+            _fail(f"{inner}.type", "system messages hold text, tool_addition and tool_removal "
+                                   f"blocks only, got {_quote(kind)}")
+    return blocks
+
+
+def _tool_change(block: Mapping[str, Any], path: str, toolbox: _Toolbox, *, add: bool) -> str:
+    ref = _object(block.get("tool"), f"{path}.tool")
+    kind = ref.get("type")
+    if kind == "tool_definition" and add:
+        tool = _tool(_object(ref.get("definition"), f"{path}.tool.definition"),
+                     f"{path}.tool.definition")[0]
+        toolbox.offer(tool)
+        return tool.name
+    if kind != "tool_reference":
+        allowed = "tool_reference or tool_definition" if add else "tool_reference"
+        _fail(f"{path}.tool.type", f"must be {allowed}, got {_quote(kind)}")
+    name = _string(ref.get("name"), f"{path}.tool.name", non_empty=True)
+    if add:
+        if not toolbox.offer_named(name):
+            _fail(f"{path}.tool.name", f"no tool named {_quote(name)} is defined in tools")
+    else:
+        toolbox.withdraw(name)
+    return name
 
 
 def _content_block(
-    value: Any, path: str, role: str, tool_names: Mapping[str, str]
+    value: Any, path: str, role: str, tool_names: Mapping[str, str], toolbox: _Toolbox
 ) -> list[c.ContentBlock]:
     block = _object(value, path)
     kind = block.get("type")
@@ -290,7 +409,7 @@ def _content_block(
     if kind == "tool_result":
         if role != "user":
             _fail(f"{path}.type", "tool_result blocks may only appear in user messages")
-        return [_tool_result(block, path, tool_names)]
+        return [_tool_result(block, path, tool_names, toolbox)]
     _fail(
         f"{path}.type",
         f"content block type {_quote(kind)} is not supported by this gateway "
@@ -386,7 +505,7 @@ def _document(block: Mapping[str, Any], path: str) -> list[c.ContentBlock]:
 
 
 def _tool_result(
-    block: Mapping[str, Any], path: str, tool_names: Mapping[str, str]
+    block: Mapping[str, Any], path: str, tool_names: Mapping[str, str], toolbox: _Toolbox
 ) -> c.ToolResultBlock:
     tool_use_id = _string(block.get("tool_use_id"), f"{path}.tool_use_id", non_empty=True)
     is_error = False
@@ -399,18 +518,7 @@ def _tool_result(
             items.append(c.TextBlock(content))
     elif content is not None:
         for i, item in enumerate(_list(content, f"{path}.content")):
-            inner = f"{path}.content.{i}"
-            part = _object(item, inner)
-            kind = part.get("type")
-            if kind == "text":
-                items.append(c.TextBlock(_string(part.get("text"), f"{inner}.text")))
-            elif kind == "image":
-                items.append(_image(part, inner))
-            else:
-                _fail(
-                    f"{inner}.type",
-                    f'tool_result content blocks must be "text" or "image", got {_quote(kind)}',
-                )
+            items.extend(_tool_result_part(item, f"{path}.content.{i}", toolbox))
     return c.ToolResultBlock(
         tool_use_id=tool_use_id,
         content=tuple(items),
@@ -419,37 +527,89 @@ def _tool_result(
     )
 
 
-def _tools(value: Any) -> tuple[c.Tool, ...]:
+def _tool_result_part(
+    value: Any, path: str, toolbox: _Toolbox
+) -> list[c.TextBlock | c.ImageBlock]:
+    part = _object(value, path)
+    kind = part.get("type")
+    if kind == "text":
+        return [c.TextBlock(_string(part.get("text"), f"{path}.text"))]
+    if kind == "image":
+        return [_image(part, path)]
+    if kind == "tool_reference":
+        # a (client-side) tool search found this tool: it is offered from now on
+        name = _string(part.get("tool_name"), f"{path}.tool_name", non_empty=True)
+        if not toolbox.offer_named(name):
+            _fail(f"{path}.tool_name", f"no tool named {_quote(name)} is defined in tools")
+        return [c.TextBlock(f"Tool `{name}` loaded.")]
+    if kind == "search_result":
+        title = part.get("title")
+        texts = [title] if isinstance(title, str) and title else []
+        for j, inner in enumerate(_list(part.get("content", []), f"{path}.content")):
+            texts.append(_string(_object(inner, f"{path}.content.{j}").get("text"),
+                                 f"{path}.content.{j}.text"))
+        source = part.get("source")
+        if isinstance(source, str) and source:
+            texts.append(f"(source: {source})")
+        return [c.TextBlock("\n".join(texts))]
+    if kind == "document":
+        parts: list[c.TextBlock | c.ImageBlock] = []
+        for doc in _document(part, path):
+            if isinstance(doc, c.DocumentBlock) and doc.media_type == "text/plain":
+                parts.append(c.TextBlock(base64.b64decode(doc.data).decode("utf-8", "replace")))
+            elif isinstance(doc, c.ImageBlock):
+                parts.append(doc)
+            else:
+                _fail(f"{path}.source.type", "PDF documents inside tool results are not "
+                                             "supported; send text, or the PDF in a user turn")
+        return parts
+    _fail(
+        f"{path}.type",
+        "tool_result content blocks must be text, image, document, search_result or "
+        f"tool_reference, got {_quote(kind)}",
+    )
+
+
+def _tools(value: Any) -> tuple[list[c.Tool], list[c.Tool]]:
+    """The declared tools: those offered from the start, and the deferred ones."""
     if value is None:
-        return ()
+        return [], []
     tools: list[c.Tool] = []
+    deferred: list[c.Tool] = []
     seen: set[str] = set()
     for i, item in enumerate(_list(value, "tools")):
         path = f"tools.{i}"
-        raw = _object(item, path)
-        kind = raw.get("type")
-        if kind is not None and kind != "custom":
-            _fail(
-                f"{path}.type",
-                f"server tool {_quote(kind)} is not supported by this gateway; "
-                "only client tools (name, description, input_schema) are",
-            )
-        name = _string(raw.get("name"), f"{path}.name")
-        if not _TOOL_NAME.fullmatch(name):
-            _fail(f"{path}.name", f"must match ^[a-zA-Z0-9_-]{{1,64}}$, got {_quote(name)}")
-        if name in seen:
-            _fail(f"{path}.name", f"tool names must be unique; {_quote(name)} appears twice")
-        seen.add(name)
-        description = raw.get("description")
-        description = "" if description is None else _string(description, f"{path}.description")
-        if "input_schema" not in raw:
-            _fail(f"{path}.input_schema", "field required")
-        schema = _object(raw["input_schema"], f"{path}.input_schema")
-        schema_type = schema.get("type")
-        if schema_type is not None and schema_type != "object":
-            _fail(f"{path}.input_schema.type", f'must be "object", got {_quote(schema_type)}')
-        tools.append(c.Tool(name=name, description=description, input_schema=schema))
-    return tuple(tools)
+        tool, defer = _tool(_object(item, path), path)
+        if tool.name in seen:
+            _fail(f"{path}.name", f"tool names must be unique; {_quote(tool.name)} appears twice")
+        seen.add(tool.name)
+        (deferred if defer else tools).append(tool)
+    return tools, deferred
+
+
+def _tool(raw: Mapping[str, Any], path: str) -> tuple[c.Tool, bool]:
+    """One client tool definition and whether its loading is deferred."""
+    kind = raw.get("type")
+    if kind is not None and kind != "custom":
+        _fail(
+            f"{path}.type",
+            f"server tool {_quote(kind)} is not supported by this gateway; "
+            "only client tools (name, description, input_schema) are",
+        )
+    name = _string(raw.get("name"), f"{path}.name")
+    if not _TOOL_NAME.fullmatch(name):
+        _fail(f"{path}.name", f"must match ^[a-zA-Z0-9_-]{{1,64}}$, got {_quote(name)}")
+    description = raw.get("description")
+    description = "" if description is None else _string(description, f"{path}.description")
+    if "input_schema" not in raw:
+        _fail(f"{path}.input_schema", "field required")
+    schema = _object(raw["input_schema"], f"{path}.input_schema")
+    schema_type = schema.get("type")
+    if schema_type is not None and schema_type != "object":
+        _fail(f"{path}.input_schema.type", f'must be "object", got {_quote(schema_type)}')
+    defer = raw.get("defer_loading")
+    deferred = defer is not None and _boolean(defer, f"{path}.defer_loading")
+    return c.Tool(name=name, description=description, input_schema=schema), deferred
 
 
 def _tool_choice(value: Any, tools: Sequence[c.Tool]) -> c.ToolChoice | None:
@@ -480,8 +640,10 @@ def _thinking(value: Any, max_tokens: int | None) -> c.Thinking | None:
     if kind == "disabled":
         return c.Thinking(enabled=False)
     if kind == "adaptive":
-        # The model decides how much to think; the translator applies its default budget.
-        return c.Thinking(enabled=True)
+        # The model decides how much to think (the translator turns effort into a budget
+        # or level). `display: "omitted"` is not honoured: the upstream's signatures are
+        # bound to the thinking text, so the client must be able to replay it.
+        return c.Thinking(enabled=True, adaptive=True)
     if kind != "enabled":
         _fail("thinking.type", f'must be "enabled", "disabled" or "adaptive", got {_quote(kind)}')
     if "budget_tokens" not in raw:
@@ -495,6 +657,74 @@ def _thinking(value: Any, max_tokens: int | None) -> c.Thinking | None:
             f"must be less than max_tokens ({max_tokens}), got {budget}",
         )
     return c.Thinking(enabled=True, budget_tokens=budget)
+
+
+_EFFORTS: Final[dict[str, c.Effort]] = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "max",
+    "max": "max",
+}
+
+
+def _effort(config: Any, path: str) -> c.Effort | None:
+    """`output_config.effort`; a value newer than this gateway is ignored, not refused
+    (Claude Code adds levels before proxies learn them)."""
+    if config is None:
+        return None
+    raw = _object(config, path).get("effort")
+    if raw is None:
+        return None
+    return _EFFORTS.get(_string(raw, f"{path}.effort").lower())
+
+
+_DEFAULT_TOOL_TRIGGER = 100_000
+_DEFAULT_TOOLS_KEPT = 3
+
+
+def _amount(value: Any, kinds: tuple[str, ...], default: int | None) -> int | None:
+    """The `value` of a `{"type": ..., "value": n}` setting of one of `kinds`, else default."""
+    if isinstance(value, Mapping) and value.get("type") in kinds:
+        number = value.get("value")
+        if isinstance(number, int) and not isinstance(number, bool) and number >= 0:
+            return number
+    return default
+
+
+def _context_edits(value: Any) -> tuple[c.ContextEdit, ...]:
+    """`context_management.edits` as canonical edits.
+
+    Never refused: an edit type this gateway does not know, or a malformed setting, is
+    ignored (defaults apply) rather than failing a request over context housekeeping.
+    """
+    if not isinstance(value, Mapping) or not isinstance(value.get("edits"), list):
+        return ()
+    edits: list[c.ContextEdit] = []
+    for edit in value["edits"]:
+        if not isinstance(edit, Mapping) or not isinstance(edit.get("type"), str):
+            continue
+        kind = edit["type"]
+        if kind.startswith("clear_thinking_"):
+            keep = edit.get("keep")
+            turns = None if keep == "all" else _amount(keep, ("thinking_turns",), 1)
+            edits.append(c.ClearThinking(keep_turns=turns))
+        elif kind.startswith("clear_tool_uses_"):
+            excluded = edit.get("exclude_tools")
+            edits.append(
+                c.ClearToolUses(
+                    trigger_tokens=_amount(edit.get("trigger"), ("input_tokens",),
+                                           _DEFAULT_TOOL_TRIGGER) or 0,
+                    keep=_amount(edit.get("keep"), ("tool_uses",), _DEFAULT_TOOLS_KEPT) or 0,
+                    clear_at_least=_amount(edit.get("clear_at_least"), ("input_tokens",), 0)
+                    or 0,
+                    exclude_tools=tuple(t for t in excluded if isinstance(t, str))
+                    if isinstance(excluded, list) else (),
+                    clear_inputs=edit.get("clear_tool_inputs") is True,
+                )
+            )
+    return tuple(edits)
 
 
 def _response_format(body: Mapping[str, Any]) -> c.ResponseFormat | None:
@@ -538,9 +768,25 @@ def _render_block(
     return {"type": "tool_use", "id": block.id, "name": block.name, "input": dict(block.input)}
 
 
-def render_message(response: c.ChatResponse) -> dict[str, Any]:
+def render_context_management(edits: Iterable[AppliedEdit]) -> dict[str, Any]:
+    """The `context_management` report of a response: the edits that changed the prompt."""
+    applied: list[dict[str, Any]] = []
+    for edit in edits:
+        entry: dict[str, Any] = {"type": edit.type,
+                                 "cleared_input_tokens": edit.cleared_input_tokens}
+        if edit.type.startswith("clear_thinking"):
+            entry["cleared_thinking_turns"] = edit.cleared_thinking_turns
+        else:
+            entry["cleared_tool_uses"] = edit.cleared_tool_uses
+        applied.append(entry)
+    return {"applied_edits": applied}
+
+
+def render_message(
+    response: c.ChatResponse, *, context_management: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The non-streaming Messages API answer for a collected response."""
-    return {
+    message = {
         "id": response.id,
         "type": "message",
         "role": "assistant",
@@ -550,6 +796,9 @@ def render_message(response: c.ChatResponse) -> dict[str, Any]:
         "stop_sequence": response.stop_sequence,
         "usage": _usage(response.usage),
     }
+    if context_management is not None:
+        message["context_management"] = context_management
+    return message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,9 +835,16 @@ class AnthropicStreamEncoder:
     would break it (a delta for a closed block, anything after the end) are dropped.
     """
 
-    def __init__(self, *, message_id: str, model: str) -> None:
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        model: str,
+        context_management: dict[str, Any] | None = None,
+    ) -> None:
         self._id = message_id
         self._model = model
+        self._context_management = context_management
         self._usage = c.Usage()
         self._started = False
         self._finished = False
@@ -649,24 +905,22 @@ class AnthropicStreamEncoder:
             out += self._close()
             self._usage = event.usage
             self._finished = True
-            out.append(
-                (
-                    "message_delta",
-                    {
-                        "type": "message_delta",
-                        "delta": {
-                            "stop_reason": event.stop_reason,
-                            "stop_sequence": event.stop_sequence,
-                        },
-                        "usage": {
-                            "input_tokens": event.usage.input_tokens,
-                            "cache_creation_input_tokens": 0,
-                            "cache_read_input_tokens": event.usage.cache_read_input_tokens,
-                            "output_tokens": event.usage.output_tokens,
-                        },
-                    },
-                )
-            )
+            delta: dict[str, Any] = {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": event.stop_reason,
+                    "stop_sequence": event.stop_sequence,
+                },
+                "usage": {
+                    "input_tokens": event.usage.input_tokens,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": event.usage.cache_read_input_tokens,
+                    "output_tokens": event.usage.output_tokens,
+                },
+            }
+            if self._context_management is not None:
+                delta["context_management"] = self._context_management
+            out.append(("message_delta", delta))
             out.append(("message_stop", {"type": "message_stop"}))
         else:
             out += self._delta(event)

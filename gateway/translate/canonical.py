@@ -87,7 +87,12 @@ ContentBlock = (
 
 @attrs.frozen(slots=True)
 class Message:
-    role: Literal["user", "assistant"]
+    """One turn. A `system` message is an instruction given mid-conversation (Anthropic's
+    mid-conversation system messages, OpenAI system/developer messages after the first
+    turn): it holds text only and keeps its place; instructions before the first turn are
+    `ChatRequest.system` instead."""
+
+    role: Literal["user", "assistant", "system"]
     content: tuple[ContentBlock, ...]
 
 
@@ -110,6 +115,36 @@ class ToolChoice:
 class Thinking:
     enabled: bool
     budget_tokens: int | None = None
+    # Anthropic's adaptive thinking: the model decides how much; `ChatRequest.effort`
+    # (when given) says how hard to try.
+    adaptive: bool = False
+
+
+Effort = Literal["low", "medium", "high", "max"]
+
+
+@attrs.frozen(slots=True)
+class ClearThinking:
+    """Context edit: drop thinking from all but the last `keep_turns` assistant turns
+    (None keeps every turn's thinking)."""
+
+    keep_turns: int | None = 1
+
+
+@attrs.frozen(slots=True)
+class ClearToolUses:
+    """Context edit: once the prompt exceeds `trigger_tokens`, replace the results of all
+    but the last `keep` tool uses with a placeholder (their inputs too with `clear_inputs`),
+    clearing at least `clear_at_least` tokens' worth when it clears at all."""
+
+    trigger_tokens: int = 100_000
+    keep: int = 3
+    clear_at_least: int = 0
+    exclude_tools: tuple[str, ...] = ()
+    clear_inputs: bool = False
+
+
+ContextEdit = ClearThinking | ClearToolUses
 
 
 @attrs.frozen(slots=True)
@@ -132,7 +167,9 @@ class ChatRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    effort: Effort | None = None
     response_format: ResponseFormat | None = None
+    context_edits: tuple[ContextEdit, ...] = ()
     stream: bool = False
 
 

@@ -26,11 +26,17 @@ from gateway.translate.schema import sanitize_parameters, sanitize_schema
 from gateway.upstream.ratelimit import parse_duration
 
 __all__ = [
+    "ANTIGRAVITY_PREAMBLE",
+    "EFFORT_BUDGETS",
     "SKIP_SIGNATURE",
+    "SYSTEM_MESSAGE_CLOSE",
+    "SYSTEM_MESSAGE_OPEN",
     "CloudCodeDecoder",
     "EmptyUpstreamResponse",
     "decode_generate_response",
+    "tag_signature",
     "to_cloudcode",
+    "untag_signature",
 ]
 
 # Google's documented placeholder for a function call whose thought signature was lost
@@ -42,6 +48,42 @@ REQUEST_TYPE = "agent"
 
 # Anthropic's floor for budget_tokens; below it Claude cannot think at all.
 CLAUDE_MIN_THINKING_BUDGET = 1024
+# Thinking budgets for Anthropic's `effort` (adaptive thinking) where the upstream wants a
+# number: Claude on Cloud Code and Gemini 2.5. Gemini 3 takes `thinkingLevel` instead.
+EFFORT_BUDGETS: dict[str, int] = {"low": 2048, "medium": 8192, "high": 24576, "max": 48000}
+GEMINI_25_MAX_BUDGET = 24576
+_GEMINI_LEVELS: dict[str, str] = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
+
+# The upstream has no system role inside `contents`: an instruction given mid-conversation
+# goes at its place in a user turn, marked as the harness's (the convention Claude Code's
+# own reminders use, and what the models read as system text rather than the user's).
+SYSTEM_MESSAGE_OPEN = "<system-reminder>\n"
+SYSTEM_MESSAGE_CLOSE = "\n</system-reminder>"
+
+# The Antigravity IDE's identity preamble (upstream.system_preamble = "antigravity").
+ANTIGRAVITY_PREAMBLE = (
+    "You are Antigravity, a powerful agentic AI coding assistant designed by the Google "
+    "Deepmind team working on Advanced Agentic Coding.You are pair programming with a USER "
+    "to solve their coding task. The task may require creating a new codebase, modifying or "
+    "debugging an existing codebase, or simply answering a question.**Absolute paths only**"
+    "**Proactiveness**"
+)
+
+
+def tag_signature(family: str, signature: str) -> str:
+    """The signature a client sees: the upstream's, marked with the family that minted it,
+    so a replay to a model of another family can leave it out (the upstream refuses
+    signatures it did not mint). Stateless: it survives restarts and moves between
+    replicas with the conversation."""
+    return f"{family}.{signature}"
+
+
+def untag_signature(signature: str) -> tuple[str | None, str]:
+    """(family, upstream signature); family None for one this gateway did not tag."""
+    family, dot, raw = signature.partition(".")
+    if dot and family in ("claude", "gemini", "other") and raw:
+        return family, raw
+    return None, signature
 
 
 class EmptyUpstreamResponse(errors.UpstreamError):
@@ -63,8 +105,13 @@ def to_cloudcode(
     session_id: str,
     request_id: str,
     tool_signatures: Mapping[str, str] = {},
+    preamble: str = "",
 ) -> JSONDict:
-    """The whole upstream body for `request` on `model` (pure; raises InvalidRequest)."""
+    """The whole upstream body for `request` on `model` (pure; raises InvalidRequest).
+
+    `preamble` (when not empty) goes before the client's system prompt, followed by the
+    peers' "[ignore]" line so the model does not take the identity as its own.
+    """
     claude = model.family == "claude"
     contents = _contents(request.messages, model=model, tool_signatures=tool_signatures)
     if not contents:
@@ -90,6 +137,10 @@ def to_cloudcode(
         generation["thinkingConfig"] = thinking
 
     system_parts = [{"text": block.text} for block in request.system if block.text.strip()]
+    if preamble:
+        text = ANTIGRAVITY_PREAMBLE if preamble == "antigravity" else preamble
+        system_parts[:0] = [{"text": text},
+                            {"text": f"Please ignore the following [ignore]{text}[/ignore]"}]
     if request.response_format is not None:
         if claude:
             # Claude on this upstream has no JSON mode; the instruction is the portable form.
@@ -110,7 +161,7 @@ def to_cloudcode(
         }
         for tool in request.tools
     ]
-    tool_config = _tool_config(request.tool_choice)
+    tool_config = _tool_config(request.tool_choice, claude=claude)
     if not declarations:
         # A history with tool calls but no tools declared (summaries, title generation) is
         # refused by Claude; declaring what was used, uncallable, keeps the history valid.
@@ -140,13 +191,16 @@ def _used_tool_names(messages: Iterable[c.Message]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _tool_config(choice: c.ToolChoice | None) -> JSONDict | None:
-    # disable_parallel has no upstream equivalent and is dropped.
-    if choice is None:
-        return None
-    if choice.mode == "auto":
-        config: JSONDict = {"mode": "AUTO"}
-    elif choice.mode == "none":
+def _tool_config(choice: c.ToolChoice | None, *, claude: bool) -> JSONDict | None:
+    # disable_parallel has no upstream equivalent and is dropped. Claude's free choice is
+    # VALIDATED (calls checked against their schemas), as the Antigravity client and every
+    # maintained peer send it; forcing a call is ANY for both families.
+    if choice is None or choice.mode == "auto":
+        if claude:
+            return {"functionCallingConfig": {"mode": "VALIDATED"}}
+        return None if choice is None else {"functionCallingConfig": {"mode": "AUTO"}}
+    config: JSONDict
+    if choice.mode == "none":
         config = {"mode": "NONE"}
     elif choice.mode == "tool" and choice.name:
         config = {"mode": "ANY", "allowedFunctionNames": [choice.name]}
@@ -160,20 +214,29 @@ def _thinking_config(
 ) -> tuple[JSONDict | None, int]:
     """The thinkingConfig (or None) and the maxOutputTokens that goes with it.
 
-    The budget is the client's, else the model's default. Thinking tokens count against
+    The budget is the client's, else its effort's (`EFFORT_BUDGETS`), else the model's
+    default; Gemini 3 takes an effort as a `thinkingLevel`. Thinking tokens count against
     maxOutputTokens, so when the budget does not fit under the client's max_tokens the
     budget is added on top (up to the model's cap) rather than starving the answer.
     """
     if not model.thinking:
         return None, max_out
     wanted = request.thinking
-    if model.family == "gemini":
+    effort = request.effort
+    if effort is None and wanted is not None and wanted.adaptive:
+        effort = "high"  # Anthropic's default effort
+    if model.family != "claude":
         if wanted is not None and not wanted.enabled:
             return {"includeThoughts": False}, max_out
         # Gemini thinks whether asked or not; its thoughts are shown only to a client that
         # asked for thinking (Anthropic clients get thinking blocks only on request).
         config: JSONDict = {"includeThoughts": wanted is not None}
         budget = wanted.budget_tokens if wanted is not None else None
+        if budget is None and request.effort is not None and model.version >= (3,):
+            config["thinkingLevel"] = _GEMINI_LEVELS[request.effort]
+            return config, max_out
+        if budget is None and effort is not None and model.version < (3,):
+            budget = min(EFFORT_BUDGETS[effort], GEMINI_25_MAX_BUDGET)
         if budget is None:
             budget = model.default_thinking_budget
         if budget is not None and budget >= 0:
@@ -183,9 +246,11 @@ def _thinking_config(
 
     # Anthropic's rule: no thinking unless the client enabled it (an OpenAI client does so
     # with reasoning_effort), even on a "-thinking" model id.
-    if wanted is None or not wanted.enabled or not _claude_may_think(request):
+    if wanted is None or not wanted.enabled or not _claude_may_think(request, model):
         return None, max_out
-    budget = wanted.budget_tokens if wanted is not None else None
+    budget = wanted.budget_tokens
+    if budget is None and effort is not None:
+        budget = EFFORT_BUDGETS[effort]
     if budget is None:
         budget = model.default_thinking_budget or CLAUDE_MIN_THINKING_BUDGET
     budget = max(budget, CLAUDE_MIN_THINKING_BUDGET)
@@ -203,16 +268,20 @@ def _fit_budget(budget: int, max_out: int, model: ModelInfo) -> tuple[int, int]:
     return budget, max_out
 
 
-def _claude_may_think(request: c.ChatRequest) -> bool:
+def _claude_may_think(request: c.ChatRequest, model: ModelInfo) -> bool:
     """False where Claude would reject thinking: forced tool use, or a tool loop whose
-    assistant turn carries no signed thinking (the client dropped it; OpenAI clients must)."""
+    assistant turn carries no thinking it can replay (the client dropped it, as OpenAI
+    clients must, or another model family wrote it)."""
     choice = request.tool_choice
     if choice is not None and choice.mode in ("any", "tool"):
         return False
     last = next((m for m in reversed(request.messages) if m.role == "assistant"), None)
     if last is None or not any(isinstance(b, c.ToolUseBlock) for b in last.content):
         return True
-    return any(isinstance(b, c.ThinkingBlock) and b.signature for b in last.content)
+    return any(
+        isinstance(b, c.ThinkingBlock) and _replayable(b.signature, model) is not None
+        for b in last.content
+    )
 
 
 def _json_instruction(response_format: c.ResponseFormat) -> str:
@@ -257,11 +326,19 @@ def _contents(
 def _runs(messages: Iterable[c.Message]) -> list[tuple[str, list[c.ContentBlock]]]:
     runs: list[tuple[str, list[c.ContentBlock]]] = []
     for message in messages:
-        if runs and runs[-1][0] == message.role:
-            runs[-1][1].extend(message.content)
+        role, content = message.role, list(message.content)
+        if role == "system":
+            role, content = "user", [_system_message(message)]
+        if runs and runs[-1][0] == role:
+            runs[-1][1].extend(content)
         else:
-            runs.append((message.role, list(message.content)))
+            runs.append((role, content))
     return runs
+
+
+def _system_message(message: c.Message) -> c.TextBlock:
+    text = "\n\n".join(b.text for b in message.content if isinstance(b, c.TextBlock))
+    return c.TextBlock(f"{SYSTEM_MESSAGE_OPEN}{text}{SYSTEM_MESSAGE_CLOSE}")
 
 
 def _inline(media_type: str, data: str) -> JSONDict:
@@ -332,10 +409,10 @@ def _model_parts(
     calls: list[JSONDict] = []
     for block in blocks:
         if isinstance(block, c.ThinkingBlock):
-            # The upstream verifies signatures; an unsigned thought can only be refused.
-            if block.signature:
+            signature = _replayable(block.signature, model)
+            if signature is not None:
                 thoughts.append(
-                    {"text": block.thinking, "thought": True, "thoughtSignature": block.signature}
+                    {"text": block.thinking, "thought": True, "thoughtSignature": signature}
                 )
         elif isinstance(block, c.TextBlock):
             if block.text.strip():
@@ -346,6 +423,20 @@ def _model_parts(
             calls.append(_function_call(block, model=model, tool_signatures=tool_signatures))
         # redacted_thinking has no Cloud Code form; tool results cannot appear here.
     return [*thoughts, *texts, *calls]
+
+
+def _replayable(signature: str | None, model: ModelInfo) -> str | None:
+    """The upstream signature to replay a thought with on `model`, or None to leave the
+    thought out: unsigned (the upstream can only refuse it), minted by another model family
+    (a conversation that switched models or fell back), or of unknown origin on a model
+    that is not Claude (Claude's are checked upstream, and an older gateway's Claude
+    signatures carried no family)."""
+    if not signature:
+        return None
+    family, raw = untag_signature(signature)
+    if family is None:
+        return raw if model.family == "claude" else None
+    return raw if family == model.family else None
 
 
 def _function_call(
@@ -464,7 +555,7 @@ class CloudCodeDecoder:
         if signature and self._open == "thinking" and not self._open_signed:
             # Gemini may send a thought's signature on an empty non-thought part after it.
             self._open_signed = True
-            return [c.SignatureDelta(self._index, signature)]
+            return [c.SignatureDelta(self._index, tag_signature(self._model.family, signature))]
         return []  # empty text, inline images, code execution: nothing to relay
 
     def _thought(self, text: str, signature: str | None) -> list[c.StreamEvent]:
@@ -477,7 +568,8 @@ class CloudCodeDecoder:
             events.append(c.ThinkingDelta(self._index, text))
         if signature:
             self._open_signed = True
-            events.append(c.SignatureDelta(self._index, signature))
+            events.append(c.SignatureDelta(self._index, tag_signature(self._model.family,
+                                                                       signature)))
         return events
 
     def _function_call(self, call: Mapping[str, Any], signature: str | None) -> list[c.StreamEvent]:
@@ -586,7 +678,7 @@ def upstream_error(error: Mapping[str, Any]) -> errors.GatewayError:
     status = error.get("status")
     status = status if isinstance(status, str) else ""
     message = error.get("message")
-    detail = message.strip() if isinstance(message, str) else ""
+    detail = _unwrapped(message.strip()) if isinstance(message, str) else ""
     if len(detail) > _MAX_MESSAGE:
         detail = detail[:_MAX_MESSAGE] + "..."
     label = " ".join(str(x) for x in (code or "", status) if x) or "error"
@@ -602,6 +694,20 @@ def upstream_error(error: Mapping[str, Any]) -> errors.GatewayError:
     if code == 504 or status == "DEADLINE_EXCEEDED":
         return errors.UpstreamTimeout(text)
     return errors.UpstreamError(text)
+
+
+def _unwrapped(message: str) -> str:
+    """Claude's refusals arrive as Anthropic's own error JSON inside the Google message;
+    the client is better served by the sentence inside."""
+    if not message.startswith("{"):
+        return message
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return message
+    inner = data.get("error") if isinstance(data, dict) else None
+    text = inner.get("message") if isinstance(inner, dict) else None
+    return text.strip() if isinstance(text, str) and text.strip() else message
 
 
 def _retry_delay(error: Mapping[str, Any]) -> float | None:

@@ -6,9 +6,11 @@ the offending parameter. `render_completion` turns a collected `ChatResponse` in
 `chat.completion` object, and `OpenAIStreamEncoder` turns canonical stream events into
 `chat.completion.chunk` objects one event at a time. Choices the OpenAI format leaves open:
 
-* `system` and `developer` messages become the canonical system prompt, in order, wherever
-  they appear: a system message after the first user turn is folded into the system prompt
-  too (Claude and Gemini take one system instruction, not instructions mid-conversation).
+* `system` and `developer` messages before the first user or assistant message become the
+  canonical system prompt, in order; later ones stay where they are, as mid-conversation
+  system messages (the Cloud Code translator places them in the conversation, marked as
+  the harness's), so a late instruction neither jumps to the top nor breaks the prompt
+  cache of everything before it.
 * `tool` messages become tool results in a user turn; consecutive tool messages share one
   turn, and a user message right after them joins it. The tool's name is taken from the
   assistant `tool_calls` entry with the same id (left unset when the history lacks it, so a
@@ -381,7 +383,12 @@ class _Messages:
                 raise _invalid(f"{param} must be an object", param)
             role = message.get("role")
             if role in ("system", "developer"):
-                self._system.extend(self._text_parts(message.get("content"), f"{param}.content"))
+                texts = self._text_parts(message.get("content"), f"{param}.content")
+                if not self._messages:
+                    self._system.extend(texts)
+                elif any(t.text for t in texts):
+                    self._messages.append(c.Message("system", tuple(texts)))
+                    self._tool_turn = False
             elif role == "user":
                 self._user(message, param)
             elif role == "assistant":

@@ -46,6 +46,9 @@ class UpstreamHTTPError(Exception):
         return f"upstream {self.body}" if self.body else "upstream unreachable"
 
 
+ONBOARD_CLIENT_LIBRARY = "google-api-nodejs-client/10.3.0"
+ONBOARD_API_CLIENT = "gl-node/22.21.1"
+
 # httpcore's pool re-scans every connection on each request and each close, so its cost per
 # request grows with the number of open connections (one per HTTP/1.1 stream). Spreading
 # streams over a few pools keeps each scan short; at a few hundred concurrent streams the
@@ -100,24 +103,30 @@ class CloudCodeClient:
         self.config = config
 
     def _headers(
-        self, access_token: str, *, stream: bool = False, model: str = ""
+        self, access_token: str, *, method: str = "", stream: bool = False, model: str = ""
     ) -> dict[str, str]:
+        # The identity the Antigravity client presents, as the newest peers send it: the
+        # User-Agent alone on generation and quota calls; onboarding goes through Google's
+        # Node client library, which adds itself. (The old Client-Metadata and
+        # x-goog-api-client headers are no longer sent by anyone.)
+        user_agent = self.config.user_agent
         headers = {
             "authorization": f"Bearer {access_token}",
             "content-type": "application/json",
-            "user-agent": self.config.user_agent,
-            "x-goog-api-client": "google-cloud-sdk vscode_cloudshelleditor/0.1",
-            "client-metadata": json.dumps(
-                {"ideType": "IDE_UNSPECIFIED", "platform": "PLATFORM_UNSPECIFIED",
-                 "pluginType": "GEMINI"},
-                separators=(",", ":"),
-            ),
+            "user-agent": user_agent,
         }
+        if method == "loadCodeAssist":
+            headers["accept"] = "*/*"
+        elif method == "onboardUser":
+            headers["user-agent"] = f"{user_agent} {ONBOARD_CLIENT_LIBRARY}"
+            headers["x-goog-api-client"] = ONBOARD_API_CLIENT
         if stream:
             headers["accept"] = "text/event-stream"
         if model.startswith("claude") and "thinking" in model:
             # Claude thinking models on Cloud Code think between tool calls only with this beta
             headers["anthropic-beta"] = "interleaved-thinking-2025-05-14"
+        for name, value in self.config.extra_headers.items():
+            headers[name.lower()] = value
         return headers
 
     async def call(
@@ -125,8 +134,9 @@ class CloudCodeClient:
     ) -> dict[str, Any]:
         """POST a unary `v1internal:<method>` call and return its JSON answer."""
         url = f"{base_url}/v1internal:{method}"
+        headers = self._headers(access_token, method=method)
         try:
-            response = await self.http.post(url, json=body, headers=self._headers(access_token))
+            response = await self.http.post(url, json=body, headers=headers)
         except httpx.TimeoutException:
             raise UpstreamHTTPError(0, "timeout", base_url=base_url) from None
         except httpx.TransportError as exc:

@@ -32,9 +32,10 @@ from gateway.accounts.pool import AccountPool
 from gateway.accounts.supervisor import Supervisor
 from gateway.config import Config
 from gateway.translate.cloudcode import EmptyUpstreamResponse, upstream_error
-from gateway.translate.models import ModelInfo, infer_model
+from gateway.translate.models import FALLBACK, ModelInfo, describe_model
 from gateway.upstream.client import CloudCodeClient, UpstreamHTTPError
-from gateway.upstream.ratelimit import reset_seconds
+from gateway.upstream.gate import RefusalWatch, is_version_refusal
+from gateway.upstream.ratelimit import is_capacity_exhausted, rate_limit_kind, reset_seconds
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -52,6 +53,8 @@ MAX_RATE_LIMITS_PER_ACCOUNT = 3
 # A stalled upstream may be generating (and charging) all the same; one request gives up
 # after this many stalls rather than paying for retries on every endpoint and account.
 MAX_STALLS_PER_REQUEST = 2
+# Waits between capacity retries when the upstream names none.
+CAPACITY_BACKOFF_SECONDS = (2.0, 5.0, 10.0, 20.0)
 
 _INVALID_STATUSES = frozenset({400, 413, 422})
 _GOOGLE_STATUS_CODES = {
@@ -79,7 +82,8 @@ class UpstreamStream:
 
 
 FailoverKind = Literal[
-    "rate_limited", "auth", "forbidden", "not_found", "transient", "stalled", "no_token"
+    "rate_limited", "auth", "forbidden", "not_found", "transient", "stalled", "no_token",
+    "capacity",
 ]
 
 
@@ -94,6 +98,10 @@ class _Failover(Exception):
 
 class _EmptyStream(UpstreamHTTPError):
     """A 200 stream that ended before any content: retried like a 5xx."""
+
+
+class _RefusedStream(UpstreamHTTPError):
+    """A 200 stream whose whole answer is the upstream's version-gate refusal."""
 
 
 class Dispatcher:
@@ -120,7 +128,7 @@ class Dispatcher:
 
     @asynccontextmanager
     async def open_stream(
-        self, *, model: ModelInfo, session_id: str, build_body: BuildBody
+        self, *, model: ModelInfo, sticky_key: str, build_body: BuildBody
     ) -> AsyncIterator[UpstreamStream]:
         """Open the upstream stream for `model`; raises `errors.GatewayError` if none opens.
 
@@ -128,14 +136,14 @@ class Dispatcher:
         connection. A normal exit records the account's success.
         """
         async with AsyncExitStack() as stack:
-            stream = await self._open(stack, model, session_id, build_body)
+            stream = await self._open(stack, model, sticky_key, build_body)
             yield stream
             self.pool.success(stream.email, stream.model.id)
 
     # -- models ----------------------------------------------------------------------------
 
     async def _open(
-        self, stack: AsyncExitStack, model: ModelInfo, session_id: str, build_body: BuildBody
+        self, stack: AsyncExitStack, model: ModelInfo, sticky_key: str, build_body: BuildBody
     ) -> UpstreamStream:
         fallbacks = self.config.upstream.model_fallbacks
         tried = {model.id}
@@ -145,7 +153,7 @@ class Dispatcher:
             usable_fallback = fallback if fallback and fallback not in tried else None
             try:
                 return await self._open_model(
-                    stack, current, session_id, build_body, may_wait=usable_fallback is None
+                    stack, current, sticky_key, build_body, may_wait=usable_fallback is None
                 )
             except errors.RateLimited:
                 if usable_fallback is None:
@@ -153,7 +161,8 @@ class Dispatcher:
                 log.info("every account is rate-limited for %s; falling back to %s",
                          current.id, usable_fallback)
                 tried.add(usable_fallback)
-                current = infer_model(usable_fallback)
+                served = self.pool.catalogue() or FALLBACK
+                current = served.get(usable_fallback) or describe_model(usable_fallback)
 
     # -- accounts --------------------------------------------------------------------------
 
@@ -161,7 +170,7 @@ class Dispatcher:
         self,
         stack: AsyncExitStack,
         model: ModelInfo,
-        session_id: str,
+        sticky_key: str,
         build_body: BuildBody,
         *,
         may_wait: bool,
@@ -173,7 +182,7 @@ class Dispatcher:
         waited = 0.0
         max_wait = self.config.accounts.max_cooldown_wait_seconds
         while True:
-            pick = self.pool.pick(model.id, session_id, frozenset(exclude))
+            pick = self.pool.pick(model.id, sticky_key, frozenset(exclude))
             if pick is None:
                 raise self._exhausted(model, failures, rate_limits)
             if pick.wait_seconds > 0:
@@ -215,6 +224,10 @@ class Dispatcher:
         if "rate_limited" in kinds:
             waits = [self.pool.cooldown_remaining(email, model.id) for email in rate_limits]
             return _all_rate_limited(model, max(MIN_COOLDOWN_SECONDS, min(waits)))
+        if "capacity" in kinds:
+            busy = next(f.error for f in reversed(failures) if f.kind == "capacity")
+            if busy is not None:
+                return busy
         if kinds <= {"not_found", "no_token"}:
             return errors.UnknownModel(
                 f"model '{model.id}' is not served by the upstream", param="model"
@@ -246,9 +259,12 @@ class Dispatcher:
             # Not ready yet (its token or project is still being fetched): others may be.
             raise _Failover("no_token", None)
         body = build_body(account.project_id, model)
-        urls = self.config.upstream.base_urls
+        upstream = self.config.upstream
+        urls = upstream.base_urls
         renewed = False
         retries = 0
+        soft_retries = 0
+        capacity_retries = 0
         while True:
             transient: UpstreamHTTPError | None = None
             index = 0
@@ -259,8 +275,43 @@ class Dispatcher:
                 except UpstreamHTTPError as exc:
                     self._count_error(exc)
                     status = exc.status
+                    if status and is_version_refusal(exc.body):
+                        raise self._version_refused(exc) from None
+                    if status in (429, 503, 529) and is_capacity_exhausted(exc.body):
+                        # the model is busy on the server: wait as told, same account, and
+                        # no mark against it (its quota and standing are fine)
+                        delay = self._capacity_delay(exc, capacity_retries)
+                        if (capacity_retries < upstream.capacity_retries
+                                and delay <= upstream.capacity_max_wait_seconds):
+                            capacity_retries += 1
+                            log.info("%s has no capacity upstream; retry %d in %.1fs",
+                                     model.id, capacity_retries, delay)
+                            await trio.sleep(delay)
+                            continue
+                        raise _Failover("capacity", errors.Overloaded(
+                            f"{model.id} has no capacity upstream right now; retry later",
+                            retry_after=delay,
+                        )) from None
                     if status == 429:
-                        raise self._rate_limited(email, model, exc) from None
+                        kind = rate_limit_kind(exc.body)
+                        wait = reset_seconds(exc.body, exc.headers, now=self._clock())
+                        if kind == "bare" and soft_retries < upstream.soft_rate_limit_retries:
+                            soft_retries += 1
+                            await trio.sleep(upstream.soft_rate_limit_wait_seconds
+                                             * soft_retries * (0.5 + self._jitter()))
+                            continue
+                        if (kind == "rate_limit" and wait is not None
+                                and wait < upstream.rate_limit_quick_retry_seconds
+                                and soft_retries < upstream.soft_rate_limit_retries):
+                            soft_retries += 1
+                            await trio.sleep(wait)
+                            continue
+                        raise self._rate_limited(
+                            email, model, exc,
+                            # such 429s are often not quota at all: a short rest, not hours
+                            upstream.bare_rate_limit_cooldown_seconds if kind == "bare"
+                            else wait,
+                        ) from None
                     if status == 401:
                         if not renewed:
                             renewed = True
@@ -285,17 +336,41 @@ class Dispatcher:
                 index += 1
             if transient is None:  # every endpoint answered 404
                 raise _Failover("not_found", None)
-            if retries >= self.config.upstream.max_retries:
+            if retries >= upstream.max_retries:
                 self.pool.failure(email)
                 raise _Failover("transient", _transient_error(transient))
-            delay = self.config.upstream.retry_backoff_seconds * 2**retries
+            delay = upstream.retry_backoff_seconds * 2**retries
             retries += 1
             log.info("upstream %s on account %s; retry %d in %.2fs",
                      transient.status or transient.body, account_handle(email), retries, delay)
             await trio.sleep(delay * (0.5 + self._jitter()))
 
-    def _rate_limited(self, email: str, model: ModelInfo, exc: UpstreamHTTPError) -> _Failover:
-        seconds = reset_seconds(exc.body, exc.headers, now=self._clock())
+    def _capacity_delay(self, exc: UpstreamHTTPError, attempt: int) -> float:
+        told = reset_seconds(exc.body, exc.headers, now=self._clock())
+        if told is not None:
+            return max(0.0, told)
+        return CAPACITY_BACKOFF_SECONDS[min(attempt, len(CAPACITY_BACKOFF_SECONDS) - 1)]
+
+    def _version_refused(self, exc: UpstreamHTTPError) -> errors.ClientVersionRefused:
+        """The version gate: the same on every account, so no failover and no penalty."""
+        if self.metrics is not None:
+            self.metrics.version_refusals.inc()
+        agent = self.config.upstream.user_agent
+        log.error(
+            "the upstream refuses this gateway's client version (User-Agent %r): set "
+            "upstream.user_agent (GATEWAY_UPSTREAM_USER_AGENT) to a current Antigravity "
+            "version", agent,
+        )
+        return errors.ClientVersionRefused(
+            "the upstream refused this gateway's client version (\"This version of "
+            "Antigravity is no longer supported\"); the operator must set upstream.user_agent "
+            f"(env GATEWAY_UPSTREAM_USER_AGENT) to a current Antigravity version (it is "
+            f"{agent!r})"
+        )
+
+    def _rate_limited(
+        self, email: str, model: ModelInfo, exc: UpstreamHTTPError, seconds: float | None
+    ) -> _Failover:
         cooldown = DEFAULT_COOLDOWN_SECONDS if seconds is None else seconds
         cooldown = max(MIN_COOLDOWN_SECONDS, cooldown)
         self.pool.cooldown(email, model.id, cooldown)
@@ -390,16 +465,38 @@ def _has_content(payload: Mapping[str, Any]) -> bool:
 
 
 async def _peek(payloads: AsyncIterator[Payload], base_url: str) -> list[Payload]:
-    """Payloads up to and including the first with content; errors in them raised as HTTP."""
+    """Payloads up to and including the first with content (further while the answer could
+    still be the version-gate refusal); errors in them raised as HTTP."""
     buffered: list[Payload] = []
+    watch = RefusalWatch()
     async for payload in payloads:
         error = _error_of(payload)
         if error is not None:
             raise _error_as_http(error, base_url)
         buffered.append(payload)
-        if _has_content(payload):
+        if not _has_content(payload):
+            continue
+        verdict = watch.feed(payload)
+        if verdict == "refused":
+            raise _RefusedStream(200, _answer_text(buffered), {}, base_url)
+        if verdict == "clear":
             return buffered
+    if any(_has_content(p) for p in buffered):
+        return buffered  # a short answer that only began like the refusal
     raise _EmptyStream(0, "empty response", base_url=base_url)
+
+
+def _answer_text(payloads: list[Payload]) -> str:
+    texts: list[str] = []
+    for payload in payloads:
+        inner = payload.get("response")
+        body = inner if isinstance(inner, Mapping) else payload
+        for candidate in body.get("candidates") or []:
+            content = candidate.get("content") if isinstance(candidate, Mapping) else None
+            for part in (content or {}).get("parts") or []:
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+    return "".join(texts)
 
 
 async def _replay(

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
@@ -126,3 +126,47 @@ def is_quota_exhausted(body: str) -> bool:
     error = _error_object(body)
     text = json.dumps(error).upper() if error else body.upper()
     return "QUOTA_EXHAUSTED" in text or ("QUOTA" in text and "EXHAUSTED" in text)
+
+
+RateLimitKind = Literal["quota", "rate_limit", "bare"]
+
+
+def _reasons(error: Mapping[str, Any]) -> set[str]:
+    details = error.get("details")
+    if not isinstance(details, list):
+        return set()
+    return {
+        str(d.get("reason", "")).upper()
+        for d in details
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.ErrorInfo")
+    }
+
+
+def rate_limit_kind(body: str) -> RateLimitKind:
+    """What a 429 is: "quota" (QUOTA_EXHAUSTED, or the message says the quota resets: hours),
+    "rate_limit" (RATE_LIMIT_EXCEEDED, or any reset information: seconds to minutes), or
+    "bare" (no details at all: "Resource has been exhausted", which the upstream also says
+    for reasons that are not quota, e.g. some system prompts)."""
+    error = _error_object(body)
+    reasons = _reasons(error)
+    if "QUOTA_EXHAUSTED" in reasons:
+        return "quota"
+    if reasons & {"RATE_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}:
+        return "rate_limit"
+    message = str(error.get("message", "") if error else body).lower()
+    if "exhausted your capacity" in message or "quota will reset" in message:
+        return "quota"
+    details = error.get("details")
+    if isinstance(details, list) and details:
+        return "rate_limit"
+    return "bare"
+
+
+def is_capacity_exhausted(body: str) -> bool:
+    """A 503 (or 429) saying the model has no capacity now: the server's problem, not the
+    account's."""
+    error = _error_object(body)
+    if "MODEL_CAPACITY_EXHAUSTED" in _reasons(error):
+        return True
+    text = str(error.get("message", "") if error else body).lower()
+    return "no capacity available" in text or "capacity_exhausted" in text

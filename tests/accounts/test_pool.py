@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from gateway import errors
 from gateway.accounts.model import Account
 from gateway.accounts.pool import AccountPool
+from gateway.translate.models import describe_model
 
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-4-6"
 EMAILS = ("a@example.com", "b@example.com", "c@example.com")
 
 
@@ -112,7 +113,7 @@ def test_cooldown_is_per_model() -> None:
     clock = FakeClock()
     pool = _pool(clock, EMAILS[:1])
     pool.cooldown(EMAILS[0], MODEL, 30)
-    other = pool.pick("gemini-2.5-flash", "s")
+    other = pool.pick("gemini-3-flash", "s")
     assert other is not None and other.wait_seconds == 0
 
 
@@ -176,15 +177,22 @@ def test_exhausted_quota_cools_until_its_reset() -> None:
     assert entry.cooldowns[MODEL] == pytest.approx(1000)
 
 
-def test_available_models_is_the_union_of_probes() -> None:
+def test_the_catalogue_is_the_union_of_usable_accounts_probes() -> None:
     clock = FakeClock()
     pool = _pool(clock, EMAILS[:2])
-    assert pool.available_models() == set()
-    pool.set_quotas(EMAILS[0], {MODEL: (1.0, None), "gemini-3-flash": (0.5, None)})
-    pool.set_quotas(EMAILS[1], {"gemini-2.5-pro": (None, None)})
-    assert pool.available_models() == {MODEL, "gemini-3-flash", "gemini-2.5-pro"}
-    pool.set_quotas(EMAILS[0], {MODEL: (1.0, None)})
-    assert pool.available_models() == {MODEL, "gemini-2.5-pro"}
+    assert pool.catalogue() is None and pool.available_models() == set()
+    pool.set_models(EMAILS[0], [describe_model(MODEL), describe_model("gemini-3-flash")],
+                    {"old-model": MODEL})
+    pool.set_models(EMAILS[1], [describe_model("gemini-3.5-flash-low")], {})
+    catalogue = pool.catalogue()
+    assert catalogue is not None and catalogue.live
+    assert set(catalogue.ids) == {MODEL, "gemini-3-flash", "gemini-3.5-flash-low"}
+    assert catalogue.resolve("old-model").id == MODEL
+    assert pool.catalogue() is catalogue  # cached until something changes
+    pool.set_models(EMAILS[0], [describe_model(MODEL)], {})
+    assert pool.available_models() == {MODEL, "gemini-3.5-flash-low"}
+    pool.mark_invalid(EMAILS[1], "invalid_grant")  # its models go with it
+    assert pool.available_models() == {MODEL}
 
 
 def test_snapshot_numbers() -> None:

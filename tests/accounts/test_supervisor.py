@@ -131,7 +131,7 @@ async def test_project_is_discovered_and_persisted(make_rig: MakeRig) -> None:
 async def test_quotas_are_probed_and_reprobed_on_request(
     make_rig: MakeRig, emulator: RunningEmulator
 ) -> None:
-    model = "claude-sonnet-4-5"
+    model = "claude-sonnet-4-6"
     emulator.state.set_quota(DEMO1, model, 0.25, "2030-01-01T00:00:00Z")
     rig = await make_rig()
     await eventually(lambda: model in _entry(rig, DEMO1).quotas)
@@ -198,17 +198,17 @@ async def test_a_silent_token_endpoint_delays_start_up_only_briefly(
 def test_parse_quotas() -> None:
     answer = {
         "models": {
-            "claude-sonnet-4-5": {"quotaInfo": {"remainingFraction": 0.5,
+            "claude-sonnet-4-6": {"quotaInfo": {"remainingFraction": 0.5,
                                                 "resetTime": "2030-01-01T00:00:00Z"}},
-            "gemini-3-pro-high": {"quotaInfo": {"resetTime": "2030-01-01T00:00:00Z"}},
-            "gemini-2.5-flash": {"displayName": "Gemini 2.5 Flash"},
+            "gemini-3.1-pro-high": {"quotaInfo": {"resetTime": "2030-01-01T00:00:00Z"}},
+            "gemini-3-flash": {"displayName": "Gemini 2.5 Flash"},
             "": {"quotaInfo": {"remainingFraction": 1}},
         }
     }
     assert parse_quotas(answer) == {
-        "claude-sonnet-4-5": (0.5, "2030-01-01T00:00:00Z"),
-        "gemini-3-pro-high": (0.0, "2030-01-01T00:00:00Z"),
-        "gemini-2.5-flash": (None, None),
+        "claude-sonnet-4-6": (0.5, "2030-01-01T00:00:00Z"),
+        "gemini-3.1-pro-high": (0.0, "2030-01-01T00:00:00Z"),
+        "gemini-3-flash": (None, None),
     }
     assert parse_quotas({}) == {}
     assert parse_quotas({"models": []}) == {}

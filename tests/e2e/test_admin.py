@@ -14,7 +14,7 @@ from gateway.emulator import Fault
 from tests.support import RunningEmulator, RunningGateway
 
 DEMO1, DEMO2 = "demo1@example.com", "demo2@example.com"
-MODEL = "gemini-2.5-flash"
+MODEL = "gemini-3-flash"
 
 
 async def test_health_reports_accounts(gateway: RunningGateway) -> None:
@@ -114,7 +114,7 @@ async def test_metrics_scrape(gateway: RunningGateway, emulator: RunningEmulator
     assert scrape.status_code == 200
     assert scrape.headers["content-type"].startswith("text/plain")
     text = scrape.text
-    assert 'gateway_requests_total{model="gemini-2.5-flash",route="anthropic",status="200"}' in text
+    assert 'gateway_requests_total{model="gemini-3-flash",route="anthropic",status="200"}' in text
     assert 'route="openai",status="400"' in text or 'route="openai",status="404"' in text
     assert "gateway_request_seconds_bucket" in text
     assert "gateway_time_to_first_byte_seconds" in text
@@ -131,18 +131,22 @@ async def test_models_list_in_both_sdks(gateway: RunningGateway) -> None:
     oa_models = await trio.to_thread.run_sync(lambda: list(oa.models.list()))
     an_models = await trio.to_thread.run_sync(lambda: list(an.models.list()))
     ids = {m.id for m in oa_models}
-    assert {"claude-sonnet-4-5", "gemini-2.5-flash"} <= ids
-    assert {m.owned_by for m in oa_models} == {"anthropic", "google"}
+    # exactly what the emulator serves now (not the gateway's built-in table): internal ids
+    # left out
+    served = {m.id for m in gateway.emulator.state.models.values() if not m.internal}
+    assert ids == served
+    assert "gemini-3.5-flash-low" in ids  # a model the gateway does not know by heart
+    assert {m.owned_by for m in oa_models} == {"anthropic", "google", "openai"}
     assert {m.id for m in an_models} == ids
 
 
 async def test_model_retrieve_in_both_sdks(gateway: RunningGateway) -> None:
     oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
     an = anthropic.Anthropic(base_url=gateway.url, api_key="x", max_retries=0)
-    one = await trio.to_thread.run_sync(lambda: oa.models.retrieve("gemini-2.5-flash"))
-    other = await trio.to_thread.run_sync(lambda: an.models.retrieve("claude-sonnet-4-5"))
-    assert (one.id, one.owned_by) == ("gemini-2.5-flash", "google")
-    assert other.id == "claude-sonnet-4-5"
+    one = await trio.to_thread.run_sync(lambda: oa.models.retrieve("gemini-3-flash"))
+    other = await trio.to_thread.run_sync(lambda: an.models.retrieve("claude-sonnet-4-6"))
+    assert (one.id, one.owned_by) == ("gemini-3-flash", "google")
+    assert other.id == "claude-sonnet-4-6"
     with pytest.raises(anthropic.NotFoundError) as info:
         await trio.to_thread.run_sync(lambda: an.models.retrieve("no-such-model"))
     assert info.value.body["type"] == "error"  # type: ignore[index]

@@ -17,10 +17,10 @@ from tests.support import RunningEmulator, RunningGateway, generation_requests
 
 T = TypeVar("T")
 
-CLAUDE = "claude-sonnet-4-5"
-CLAUDE_THINKING = "claude-sonnet-4-5-thinking"
-GEMINI = "gemini-2.5-flash"
-GEMINI_THINKING = "gemini-3-pro-high"
+CLAUDE = "claude-sonnet-4-6"
+CLAUDE_THINKING = "claude-opus-4-6-thinking"
+GEMINI = "gemini-3-flash"
+GEMINI_THINKING = "gemini-3.1-pro-high"
 
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -277,9 +277,9 @@ async def test_models_list(gateway: RunningGateway) -> None:
     ("body", "status", "kind", "needle"),
     [
         (b"{not json", 400, "invalid_request_error", "JSON"),
-        (b'{"model": "claude-sonnet-4-5", "messages": []}', 400, "invalid_request_error",
+        (b'{"model": "claude-sonnet-4-6", "messages": []}', 400, "invalid_request_error",
          "max_tokens"),
-        (b'{"model": "claude-sonnet-4-5", "max_tokens": "ten", "messages": '
+        (b'{"model": "claude-sonnet-4-6", "max_tokens": "ten", "messages": '
          b'[{"role": "user", "content": "x"}]}', 400, "invalid_request_error", "max_tokens"),
         (b'{"model": "no-such-model", "max_tokens": 10, "messages": '
          b'[{"role": "user", "content": "x"}]}', 404, "not_found_error", "no-such-model"),

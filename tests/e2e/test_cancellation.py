@@ -23,13 +23,13 @@ import trio
 from tests.support import RunningEmulator, RunningGateway
 
 ANTHROPIC_BODY = {
-    "model": "claude-sonnet-4-5",
+    "model": "claude-sonnet-4-6",
     "max_tokens": 4096,
     "stream": True,
     "messages": [{"role": "user", "content": "Tell me a long story"}],
 }
 OPENAI_BODY = {
-    "model": "gemini-2.5-flash",
+    "model": "gemini-3-flash",
     "stream": True,
     "messages": [{"role": "user", "content": "Tell me a long story"}],
 }

@@ -20,7 +20,7 @@ import trio
 from gateway.emulator import Fault
 from tests.support import RunningEmulator, RunningGateway, generation_requests
 
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-4-6"
 DEMO1, DEMO2 = "demo1@example.com", "demo2@example.com"
 
 

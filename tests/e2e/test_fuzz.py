@@ -26,7 +26,7 @@ JSON_VALUES = st.recursive(
 )
 
 ROLES = st.sampled_from(["user", "assistant", "system", "tool", "developer", "bogus", 1, None])
-MODELS = st.sampled_from(["claude-sonnet-4-5", "gemini-2.5-flash", "gpt-4o", "", None, 3])
+MODELS = st.sampled_from(["claude-sonnet-4-6", "gemini-3-flash", "gpt-4o", "", None, 3])
 BLOCK_TYPES = st.sampled_from(
     ["text", "image", "document", "tool_use", "tool_result", "thinking", "image_url", "x", None]
 )
@@ -131,7 +131,7 @@ async def test_deeply_nested_json_is_a_400(gateway: RunningGateway, depth: int) 
     # itself could not encode it)
     schema = '{"type":"object","properties":{"x":' * depth + "{}" + "}}" * depth
     tool_body = (
-        '{"model":"claude-sonnet-4-5","max_tokens":16,'
+        '{"model":"claude-sonnet-4-6","max_tokens":16,'
         '"messages":[{"role":"user","content":"hi"}],'
         '"tools":[{"name":"deep","input_schema":' + schema + "}]}"
     )

@@ -19,7 +19,7 @@ def get_weather(city: str) -> str:
 async def test_chat_openai_tool_round_trip(gateway: RunningGateway) -> None:
     def run() -> tuple[str, str]:
         llm = ChatOpenAI(
-            model="gemini-2.5-flash", base_url=gateway.url + "/v1", api_key="unused",
+            model="gemini-3-flash", base_url=gateway.url + "/v1", api_key="unused",
             max_retries=0, temperature=0.2, stop=["NEVER-SEEN"],
         )
         plain = llm.invoke("Hello from LangChain")

@@ -28,10 +28,10 @@ async def test_requests_get_503_naming_the_fix(
     async with httpx.AsyncClient(timeout=10) as http:
         with trio.fail_after(10):
             message = await http.post(url + "/v1/messages", json={
-                "model": "claude-sonnet-4-5", "max_tokens": 16,
+                "model": "claude-sonnet-4-6", "max_tokens": 16,
                 "messages": [{"role": "user", "content": "hi"}]})
             chat = await http.post(url + "/v1/chat/completions", json={
-                "model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]})
+                "model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]})
             health = (await http.get(url + "/health")).json()
             models = (await http.get(url + "/v1/models")).json()
     for response in (message, chat):

@@ -21,9 +21,9 @@ from tests.support import RunningGateway, generation_requests
 
 T = TypeVar("T")
 
-GEMINI = "gemini-2.5-flash"
-CLAUDE = "claude-sonnet-4-5"
-CLAUDE_THINKING = "claude-sonnet-4-5-thinking"
+GEMINI = "gemini-3-flash"
+CLAUDE = "claude-sonnet-4-6"
+CLAUDE_THINKING = "claude-opus-4-6-thinking"
 
 WEATHER = {
     "type": "function",

@@ -21,7 +21,7 @@ from gateway.server import check_exposure
 from tests.support import RunningEmulator, RunningGateway, fast_config, generation_requests
 
 KEY = "sk-gw-test-key-1234567890"
-CHAT = {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}
+CHAT = {"model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGE = {**CHAT, "max_tokens": 32}
 
 
@@ -181,7 +181,7 @@ async def test_remote_image_urls_are_not_fetched(
 ) -> None:
     before = len(generation_requests(emulator))
     body = {
-        "model": "gemini-2.5-flash",
+        "model": "gemini-3-flash",
         "messages": [{"role": "user", "content": [
             {"type": "text", "text": "what is this"},
             {"type": "image_url", "image_url": {"url": f"{emulator.url}/__emulator/streams"}},

@@ -25,7 +25,7 @@ from gateway.server import serve_gateway
 from tests.support import RunningEmulator, fast_config
 
 BODY = {
-    "model": "claude-sonnet-4-5",
+    "model": "claude-sonnet-4-6",
     "max_tokens": 512,
     "stream": True,
     "messages": [{"role": "user", "content": "a slow story"}],
@@ -114,7 +114,7 @@ def test_demo_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert health["accounts"] == 2
         reply = httpx.post(
             url + "/v1/messages", timeout=30,
-            json={"model": "claude-sonnet-4-5", "max_tokens": 64,
+            json={"model": "claude-sonnet-4-6", "max_tokens": 64,
                   "messages": [{"role": "user", "content": "hello demo"}]},
         ).json()
         assert reply["content"][0]["text"].startswith("Echo")

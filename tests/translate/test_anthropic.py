@@ -36,7 +36,7 @@ from gateway.translate.anthropic import (
     sse_bytes,
 )
 from gateway.translate.cloudcode import CloudCodeDecoder
-from gateway.translate.models import resolve_model
+from gateway.translate.models import FALLBACK
 from gateway.translate.tokens import estimate_tokens
 from tests.support import event_from_json
 
@@ -663,7 +663,7 @@ def test_any_event_order_keeps_the_grammar(events: list[c.StreamEvent], keepaliv
 def test_cloudcode_streams_reach_the_sdk_intact(path: Path) -> None:
     """The real pipeline: upstream payloads -> CloudCodeDecoder -> encoder -> SDK."""
     data = json.loads(path.read_text())
-    model = resolve_model(data["model"])
+    model = FALLBACK.resolve(data["model"])
     decoder = CloudCodeDecoder(model=model, tool_id_prefix="toolu_x_")
     encoder = AnthropicStreamEncoder(message_id="msg_cc", model=data["model"])
     events: list[c.StreamEvent] = []

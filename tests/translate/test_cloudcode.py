@@ -28,17 +28,20 @@ from gateway.translate.cloudcode import (
     CloudCodeDecoder,
     EmptyUpstreamResponse,
     decode_generate_response,
+    tag_signature,
     to_cloudcode,
+    untag_signature,
 )
-from gateway.translate.models import ModelInfo, resolve_model
+from gateway.translate.models import ModelInfo, describe_model
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cloudcode"
 UPDATE = os.environ.get("GATEWAY_UPDATE_GOLDEN") == "1"
 
-CLAUDE = resolve_model("claude-sonnet-4-5")
-CLAUDE_THINKING = resolve_model("claude-sonnet-4-5-thinking")
-GEMINI = resolve_model("gemini-2.5-flash")
-GEMINI_3 = resolve_model("gemini-3-pro-high")
+# translation traits only (these tests never reach an upstream)
+CLAUDE = describe_model("claude-sonnet-4-5", thinking=False)
+CLAUDE_THINKING = describe_model("claude-sonnet-4-5-thinking")
+GEMINI = describe_model("gemini-2.5-flash")
+GEMINI_3 = describe_model("gemini-3-pro-high")
 SIG = "EqQBCkYIBxgCKkD" + "x" * 60  # looks like a real (long) signature
 GEMINI_SIG = "CiQB" + "y" * 60
 
@@ -79,6 +82,15 @@ def body(request: c.ChatRequest, model: ModelInfo, **kw: Any) -> dict[str, Any]:
         request_id="agent-req-1",
         **kw,
     )
+
+
+def replayable(signature: str | None, model: ModelInfo) -> bool:
+    """Whether a thought with this signature may go to `model`: minted by its family, or
+    (untagged, from before tagging) to Claude, which checks it."""
+    if not signature:
+        return False
+    family, _ = untag_signature(signature)
+    return family == model.family or (family is None and model.family == "claude")
 
 
 def user(*blocks: c.ContentBlock | str) -> c.Message:
@@ -229,7 +241,8 @@ def test_claude_tool_loop_details() -> None:
     assert "temperature" not in config
     params = inner["tools"][0]["functionDeclarations"][0]["parameters"]
     assert "additionalProperties" not in params and "$schema" not in params
-    assert inner["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
+    # Claude's free tool choice is VALIDATED, as the Antigravity client sends it
+    assert inner["toolConfig"] == {"functionCallingConfig": {"mode": "VALIDATED"}}
 
 
 def test_gemini_calls_carry_signatures_or_the_sentinel() -> None:
@@ -479,7 +492,7 @@ def test_claude_stream_collects() -> None:
     model, payloads = STREAMS["stream_claude_thinking_tool"]
     response = c.collect(decode(model, payloads), response_id="msg_1", model=model.id)
     assert response.content == (
-        c.ThinkingBlock("Let me check.", SIG),
+        c.ThinkingBlock("Let me check.", tag_signature("claude", SIG)),
         c.TextBlock("Checking the weather."),
         c.ToolUseBlock("toolu_vrtx_01", "get_weather", {"city": "Rome"}),
     )
@@ -555,8 +568,8 @@ def test_signature_on_empty_text_part_signs_the_open_thought() -> None:
     )
     response = c.collect(events, response_id="r", model="m")
     assert response.content == (
-        c.ThinkingBlock("a", GEMINI_SIG),
-        c.ThinkingBlock("b", "second"),
+        c.ThinkingBlock("a", tag_signature("gemini", GEMINI_SIG)),
+        c.ThinkingBlock("b", tag_signature("gemini", "second")),
         c.ThinkingBlock("c"),
     )
 
@@ -709,7 +722,9 @@ def test_decoder_invariants_and_reassembly(
     thought_sigs = [p["thoughtSignature"] for p in all_parts if p.get("thought")
                     and "thoughtSignature" in p]  # fmt: skip
     kept = [b.signature for b in response.content if isinstance(b, c.ThinkingBlock)]
-    assert [s for s in kept if s and s != "lonely"] == thought_sigs
+    # every one tagged with the family that minted it
+    assert [s for s in kept if s and not s.endswith(".lonely")] == [
+        tag_signature(model.family, sig) for sig in thought_sigs]
     signed_calls = [e for e in events if isinstance(e, c.ToolSignature)]
     call_sigs = [p["thoughtSignature"] for p in all_parts if "functionCall" in p
                  and "thoughtSignature" in p]  # fmt: skip
@@ -728,7 +743,8 @@ blocks_user = st.one_of(
 )
 blocks_assistant = st.one_of(
     st.builds(c.TextBlock, st.sampled_from(["ok", " ", ""])),
-    st.builds(c.ThinkingBlock, st.just("th"), st.sampled_from([None, SIG])),
+    st.builds(c.ThinkingBlock, st.just("th"), st.sampled_from(
+        [None, SIG, tag_signature("claude", SIG), tag_signature("gemini", GEMINI_SIG)])),
     st.builds(c.RedactedThinkingBlock, st.just("opaque")),
     st.builds(
         c.ToolUseBlock, st.sampled_from(["t1", "t2"]), st.sampled_from(["f", "g"]), st.just({})
@@ -769,7 +785,7 @@ def test_request_properties(
         assert not any(
             (isinstance(b, c.TextBlock) and b.text.strip())
             or isinstance(b, c.ImageBlock | c.ToolResultBlock | c.ToolUseBlock)
-            or (isinstance(b, c.ThinkingBlock) and b.signature)
+            or (isinstance(b, c.ThinkingBlock) and replayable(b.signature, model))
             for m in history
             for b in m.content
         )
@@ -798,6 +814,9 @@ def test_request_properties(
         for part in content["parts"]:
             if part.get("thought"):
                 assert part["thoughtSignature"], "only signed thinking is replayed"
+                assert "." not in part["thoughtSignature"], "the upstream's own signature"
+                assert part["thoughtSignature"] == (SIG if model.family == "claude"
+                                                    else GEMINI_SIG), "never another family's"
             if "text" in part and not part.get("thought"):
                 assert part["text"].strip()
     config = out["request"]["generationConfig"]

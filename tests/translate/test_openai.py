@@ -169,21 +169,24 @@ def test_defaults() -> None:
     assert parse(minimal(max_tokens=77)).max_tokens == 77
 
 
-def test_system_messages_fold_in_order() -> None:
+def test_leading_system_messages_are_the_prompt_and_later_ones_keep_their_place() -> None:
     request = parse(
         {
             "model": "m",
             "messages": [
                 {"role": "system", "content": "one"},
+                {"role": "developer", "content": "one and a half"},
                 {"role": "user", "content": "hi"},
                 {"role": "developer", "content": [{"type": "text", "text": "two"}]},
                 {"role": "assistant", "content": "yo"},
                 {"role": "system", "content": "three"},
+                {"role": "system", "content": ""},  # nothing to say: dropped
             ],
         }
     )
-    assert [b.text for b in request.system] == ["one", "two", "three"]
-    assert [m.role for m in request.messages] == ["user", "assistant"]
+    assert [b.text for b in request.system] == ["one", "one and a half"]
+    assert [m.role for m in request.messages] == ["user", "system", "assistant", "system"]
+    assert [b.text for m in request.messages[1::2] for b in m.content] == ["two", "three"]
 
 
 @pytest.mark.parametrize(

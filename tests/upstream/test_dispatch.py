@@ -11,13 +11,13 @@ import trio
 
 from gateway import errors
 from gateway.translate.cloudcode import EmptyUpstreamResponse
-from gateway.translate.models import ModelInfo, infer_model
+from gateway.translate.models import ModelInfo, describe_model
 from gateway.upstream.client import UpstreamHTTPError
 from tests.support import MakeRig, Rig, RunningEmulator
 
 DEMO1 = "demo1@example.com"
 DEMO2 = "demo2@example.com"
-SONNET = infer_model("claude-sonnet-4-5")
+SONNET = describe_model("claude-sonnet-4-6")
 
 
 def build_body(project: str, model: ModelInfo) -> dict[str, Any]:
@@ -45,7 +45,7 @@ class Served:
 
 async def serve(rig: Rig, model: ModelInfo = SONNET, session: str = "s1") -> Served:
     async with rig.dispatcher.open_stream(
-        model=model, session_id=session, build_body=build_body
+        model=model, sticky_key=session, build_body=build_body
     ) as upstream:
         payloads = [p async for p in upstream.payloads]
         assert upstream.account_handle.startswith("acct-")
@@ -95,7 +95,7 @@ async def test_429_cools_the_account_for_the_reset_and_fails_over(
     assert [r.email for r in generations(emulator)] == [DEMO1, DEMO2]
     assert rig.pool.cooldown_remaining(DEMO1, SONNET.id) == pytest.approx(42, abs=2)
     # only that model cools
-    assert rig.pool.cooldown_remaining(DEMO1, "gemini-2.5-flash") == 0
+    assert rig.pool.cooldown_remaining(DEMO1, "gemini-3-flash") == 0
     assert rig.metrics.upstream_errors.labels("429")._value.get() == 1
 
 
@@ -104,7 +104,7 @@ async def test_sticky_session_stays_and_moves_only_when_it_must(
 ) -> None:
     from gateway.emulator import Fault
 
-    rig = await make_rig()
+    rig = await make_rig(upstream={"rate_limit_quick_retry_seconds": 0.5})
     assert (await serve(rig, session="a")).email == DEMO1
     assert (await serve(rig, session="a")).email == DEMO1
     emulator.state.add_fault(Fault(kind="rate_limit", account=DEMO1, times=1, reset_seconds=1))
@@ -295,7 +295,7 @@ async def test_404_on_the_first_endpoint_falls_back_to_the_next(
 async def test_unknown_model_everywhere_is_unknown_model(make_rig: MakeRig) -> None:
     rig = await make_rig()
     with pytest.raises(errors.UnknownModel):
-        await serve(rig, model=infer_model("claude-nonexistent-9"))
+        await serve(rig, model=describe_model("claude-nonexistent-9"))
 
 
 async def test_model_fallback_when_every_account_is_rate_limited(
@@ -303,10 +303,10 @@ async def test_model_fallback_when_every_account_is_rate_limited(
 ) -> None:
     from gateway.emulator import Fault
 
-    rig = await make_rig(upstream={"model_fallbacks": {SONNET.id: "gemini-2.5-flash"}})
+    rig = await make_rig(upstream={"model_fallbacks": {SONNET.id: "gemini-3-flash"}})
     emulator.state.add_fault(Fault(kind="rate_limit", model=SONNET.id, reset_seconds=120))
     served = await serve(rig)
-    assert served.model == "gemini-2.5-flash"
+    assert served.model == "gemini-3-flash"
     assert _text(served.payloads)
 
 
@@ -330,7 +330,7 @@ async def test_leaving_early_closes_the_upstream(
     rig = await make_rig()
     emulator.state.configure({"chunk_delay_seconds": 0.2, "text_chunks": 10})
     async with rig.dispatcher.open_stream(
-        model=SONNET, session_id="s", build_body=build_body
+        model=SONNET, sticky_key="s", build_body=build_body
     ) as upstream:
         async for _ in upstream.payloads:
             break
@@ -356,3 +356,116 @@ async def test_no_valid_token_is_no_accounts(
     await rig.supervisor.refresh_now()
     with pytest.raises(errors.NoAccounts):
         await serve(rig)
+
+
+# -- what the peers learned the hard way ----------------------------------------------------
+
+
+async def test_capacity_503_waits_as_told_on_the_same_account_without_penalty(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    from gateway.emulator import Fault
+
+    rig = await make_rig(upstream={"retry_backoff_seconds": 5.0})  # not the path taken
+    emulator.state.add_fault(Fault(kind="capacity", account=DEMO1, times=2, reset_seconds=0.3))
+    started = trio.current_time()
+    served = await serve(rig)
+    assert served.email == DEMO1  # waited out, not failed over
+    assert trio.current_time() - started >= 0.6  # RetryInfo.retryDelay, twice
+    assert [r.email for r in generations(emulator)] == [DEMO1] * 3
+    assert rig.pool.cooldown_remaining(DEMO1, SONNET.id) == 0
+    assert rig.pool.snapshot().entries[0].consecutive_failures == 0
+
+
+async def test_capacity_that_outlasts_the_retries_is_an_overloaded_error(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    from gateway.emulator import Fault
+
+    rig = await make_rig(upstream={"capacity_retries": 1, "capacity_max_wait_seconds": 5})
+    emulator.state.add_fault(Fault(kind="capacity", reset_seconds=0.05))
+    with pytest.raises(errors.Overloaded) as caught:
+        await serve(rig)
+    assert "no capacity" in caught.value.message
+    assert caught.value.status == 529 and caught.value.retry_after is not None
+    assert len(generations(emulator)) == 4  # two tries on each account
+    assert all(e.consecutive_failures == 0 for e in rig.pool.snapshot().entries)
+    long_wait = await make_rig(upstream={"capacity_max_wait_seconds": 1})
+    emulator.state.clear_faults()
+    emulator.state.add_fault(Fault(kind="capacity", reset_seconds=60, times=1, account=DEMO1))
+    assert (await serve(long_wait)).email == DEMO2  # a wait too long: another account
+
+
+async def test_a_bare_429_is_a_soft_retry_not_a_long_cooldown(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    from gateway.emulator import Fault
+
+    rig = await make_rig()
+    emulator.state.add_fault(Fault(kind="bare_rate_limit", account=DEMO1, times=1))
+    served = await serve(rig)
+    assert served.email == DEMO1  # retried on the same account
+    assert rig.pool.cooldown_remaining(DEMO1, SONNET.id) == 0
+    emulator.state.add_fault(Fault(kind="bare_rate_limit", account=DEMO1))  # keeps failing
+    served = await serve(rig, session="s2")
+    assert served.email == DEMO2
+    # a short rest, never the hours a quota 429 gets
+    assert 0 < rig.pool.cooldown_remaining(DEMO1, SONNET.id) <= 10
+
+
+async def test_quota_exhausted_cools_for_the_reset(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    from gateway.emulator import Fault
+
+    rig = await make_rig()
+    emulator.state.add_fault(Fault(kind="quota_exhausted", account=DEMO1, times=1,
+                                   reset_seconds=7200))
+    assert (await serve(rig)).email == DEMO2
+    assert rig.pool.cooldown_remaining(DEMO1, SONNET.id) == pytest.approx(7200, abs=5)
+
+
+@pytest.mark.parametrize("gate", ["text", "error"])
+async def test_the_version_gate_is_a_clear_error_and_no_account_is_penalised(
+    make_rig: MakeRig, emulator: RunningEmulator, gate: str
+) -> None:
+    emulator.state.version_gate = gate
+    rig = await make_rig(upstream={"user_agent": "antigravity/1.11.5 linux/amd64"})
+    with pytest.raises(errors.ClientVersionRefused) as caught:
+        await serve(rig)
+    message = caught.value.message
+    assert "upstream.user_agent" in message and "antigravity/1.11.5" in message
+    assert caught.value.status == 502
+    assert len(generations(emulator)) == 1  # not tried on the other account
+    assert all(e.consecutive_failures == 0 and not e.cooldowns
+               for e in rig.pool.snapshot().entries)
+    assert rig.metrics.version_refusals._value.get() == 1
+
+
+async def test_an_answer_that_only_starts_like_the_refusal_is_served(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    rig = await make_rig()
+
+    def body(project: str, model: ModelInfo) -> dict[str, Any]:
+        sent = build_body(project, model)
+        sent["request"]["contents"][0]["parts"][0]["text"] = "This version"
+        return sent
+
+    async with rig.dispatcher.open_stream(model=SONNET, sticky_key="x", build_body=body) as up:
+        text = _text([p async for p in up.payloads])
+    assert text == "Echo: This version"
+
+
+async def test_calls_present_todays_client_identity(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    rig = await make_rig(upstream={"extra_headers": {"X-Client-Version": "1.110.0"}})
+    await serve(rig)
+    by_path = {r.path: r for r in emulator.state.received}
+    generation = by_path["/v1internal:streamGenerateContent"].headers
+    assert generation["user-agent"] == "antigravity/hub/2.9.1 darwin/arm64"
+    assert generation["x-client-version"] == "1.110.0"
+    assert "client-metadata" not in generation and "x-goog-api-client" not in generation
+    probe = by_path["/v1internal:fetchAvailableModels"].headers
+    assert probe["user-agent"] == "antigravity/hub/2.9.1 darwin/arm64"
