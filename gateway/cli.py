@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load_config(args.config)
         if getattr(args, "host", None):
             config = attrs.evolve(config, server=attrs.evolve(config.server, host=args.host))
-        if getattr(args, "port", None):
+        if getattr(args, "port", None) is not None:
             config = attrs.evolve(config, server=attrs.evolve(config.server, port=args.port))
         code = _run(args, config)
     except (ConfigError, AccountStoreError) as exc:
@@ -243,11 +243,13 @@ gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo a
   limits:                {url}/account-limits?format=table
 
   curl {url}/v1/messages -H 'content-type: application/json' \\
-    -d '{{"model": "claude-sonnet-4-5", "max_tokens": 256,
+    -d '{{"model": "claude-sonnet-4-6", "max_tokens": 256,
          "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
   curl {url}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "gemini-2.5-flash", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+    -d '{{"model": "gemini-3-flash", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+  Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=unused claude
 
 Press Ctrl+C to stop.
 """

@@ -92,10 +92,13 @@ class OAuthConfig:
     token_url: str = "https://oauth2.googleapis.com/token"
     auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     userinfo_url: str = "https://www.googleapis.com/oauth2/v1/userinfo"
+    # what the Antigravity IDE asks for (the last two are its logging and experiments)
     scopes: tuple[str, ...] = (
         "https://www.googleapis.com/auth/cloud-platform",
         "https://www.googleapis.com/auth/userinfo.email",
         "https://www.googleapis.com/auth/userinfo.profile",
+        "https://www.googleapis.com/auth/cclog",
+        "https://www.googleapis.com/auth/experimentsandconfigs",
     )
 
 

@@ -130,6 +130,10 @@ class ClientVersionRefused(UpstreamError):
     openai_type = "server_error"
     openai_code = "upstream_client_outdated"
 
+    def headers(self) -> dict[str, str]:
+        # retrying cannot help until the operator changes the config: tell SDKs not to
+        return {**super().headers(), "x-should-retry": "false"}
+
 
 class UpstreamTimeout(UpstreamError):
     status = 504
