@@ -236,6 +236,48 @@ async def test_gemini_thinking_tool_signature_kept_by_gateway(gateway: RunningGa
     assert calls[0]["thoughtSignature"] != "skip_thought_signature_validator"
 
 
+async def test_switching_model_families_mid_conversation(gateway: RunningGateway) -> None:
+    """Gemini, then Claude, then Gemini again, thinking all along and in a tool loop: each
+    family's thoughts go back only to that family (the strict emulator refuses foreign
+    signatures), at the first try, not after a refusal."""
+    client = client_for(gateway)
+    thinking = {"type": "adaptive"}
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Hello Gemini."}]
+
+    def turn(model: str) -> Any:
+        before = len(gateway_requests(gateway))
+        with client.messages.stream(
+            model=model, max_tokens=4096, thinking=thinking,  # type: ignore[arg-type]
+            tools=[WEATHER_TOOL], messages=messages,  # type: ignore[arg-type]
+        ) as stream:
+            message = stream.get_final_message()
+        assert len(gateway_requests(gateway)) == before + 1  # no refusal, no replay
+        messages.append({"role": "assistant", "content": [b.model_dump() for b in message.content]})
+        return message
+
+    hello = await call(lambda: turn("gemini-3-flash"))
+    thought = next(b for b in hello.content if b.type == "thinking")
+    assert thought.signature.startswith("gemini.")  # tagged with the family that signed it
+    messages.append({"role": "user", "content": "Use the tool for Rome."})
+    gemini = await call(lambda: turn("gemini-3-flash"))
+    tool_use = next(b for b in gemini.content if b.type == "tool_use")
+    messages.append({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": tool_use.id, "content": "cloudy"}]})
+    claude = await call(lambda: turn(CLAUDE_THINKING))  # continues Gemini's tool loop
+    assert claude.stop_reason == "end_turn"
+    sent = gateway_requests(gateway)[-1]
+    assert not [p for c in sent["request"]["contents"] for p in c["parts"] if p.get("thought")]
+    messages.append({"role": "user", "content": "And now think about Paris."})
+    claude_thinks = await call(lambda: turn(CLAUDE_THINKING))
+    assert next(b for b in claude_thinks.content if b.type == "thinking").signature.startswith(
+        "claude.")
+    messages.append({"role": "user", "content": "Back to Gemini."})
+    await call(lambda: turn("gemini-3.1-pro-low"))
+    replayed = [p for c in gateway_requests(gateway)[-1]["request"]["contents"]
+                for p in c["parts"] if p.get("thought")]
+    assert len(replayed) == 1  # Gemini's own thought only; Claude's stayed out
+
+
 async def test_image_input(gateway: RunningGateway) -> None:
     client = client_for(gateway)
     message = await call(
