@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -130,15 +131,52 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+# A JSON escape of a UTF-16 surrogate: paired they make one character, alone they are not
+# Unicode at all and cannot be sent on (nor encoded to UTF-8).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise errors.InvalidRequest("request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.InvalidRequest(f"request body is not valid JSON: {_short(exc)}") from None
     except RecursionError:
         raise errors.InvalidRequest("request body nests too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        where = _lone_surrogate(data, "")
+        if where is not None:
+            field = where or "request body"
+            raise errors.InvalidRequest(
+                f"{field}: contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is "
+                "not valid Unicode", param=where or None,
+            )
+    return data
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) holding an unpaired surrogate, else None."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(item, dict):
+            for key, inner in reversed(list(item.items())):
+                child = f"{where}.{key}" if where else str(key)
+                try:
+                    str(key).encode("utf-8")
+                except UnicodeEncodeError:
+                    return where or "request body"
+                stack.append((inner, child))
+        elif isinstance(item, list):
+            stack.extend((inner, f"{where}.{i}") for i, inner in reversed(list(enumerate(item))))
+    return None
 
 
 def _loggable(name: str) -> str:
@@ -211,7 +249,10 @@ async def handle_chat(
     try:
         try:
             raw = await read_body(receive, scope, services.config.server.max_body_bytes)
-            prepared = await dialect.prepare(parse_json(raw), services, scope)
+            body = parse_json(raw)
+            if isinstance(body, dict) and isinstance(body.get("model"), str):
+                outcome.requested = _loggable(body["model"])
+            prepared = await dialect.prepare(body, services, scope)
         except errors.GatewayError as err:
             outcome.status, outcome.error_type = err.status, err.anthropic_type
             await send_error(send, dialect, err)
@@ -231,7 +272,6 @@ async def handle_chat(
             return
         stream = prepared.request.stream
         outcome.model = prepared.model.id
-        outcome.requested = _loggable(prepared.request.model)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, outcome)
             sender, items = trio.open_memory_channel[_Item](8)
@@ -357,7 +397,10 @@ async def _relay(
 ) -> None:
     """One attempt: stream events to the writer (or, for a unary request, all at the end)."""
     request = prepared.request
-    signatures = services.signatures.lookup(prepared.session_id)
+    signatures = dict(services.signatures.lookup(prepared.session_id))
+    for edit in prepared.context_edits:
+        for tool_id in edit.cleared_input_ids:  # a signature over the old input: sentinel
+            signatures.pop(tool_id, None)
     request_id = f"agent-{secrets.token_hex(16)}"
     held: list[c.StreamEvent] = []
 

@@ -202,7 +202,8 @@ def _parse(body: Any, *, require_max_tokens: bool) -> c.ChatRequest:
     tool_choice = _tool_choice(body.get("tool_choice"), tools)
     thinking = _thinking(body.get("thinking"), max_tokens if require_max_tokens else None)
     response_format = _response_format(body)
-    effort = turn_effort or _effort(body.get("output_config"), "output_config")
+    top_effort = _effort(body.get("output_config"), "output_config")
+    effort = turn_effort or top_effort
     context_edits = _context_edits(body.get("context_management"))
 
     return c.ChatRequest(
@@ -278,9 +279,10 @@ def _messages(
         content = message["content"]
         if role == "system":
             texts = _system_message(message, path, toolbox)
+            effort = _effort(message.get("output_config"), f"{path}.output_config")
             if message.get("clear_at") == "next_user_message" and later_user[i]:
                 continue  # shown only for the user turn it followed, which is over
-            if (effort := _effort(message.get("output_config"), f"{path}.output_config")):
+            if effort:
                 turn_effort = effort
             if not messages:
                 leading_system.extend(texts)
@@ -336,7 +338,7 @@ def _system_message(message: Mapping[str, Any], path: str, toolbox: _Toolbox) ->
     and told to the model in words (the upstream only sees the final tool list)."""
     content = message["content"]
     if isinstance(content, str):
-        return [c.TextBlock(content)] if content else []
+        return [c.TextBlock(content)] if content.strip() else []
     blocks: list[c.TextBlock] = []
     for i, item in enumerate(_list(content, f"{path}.content")):
         inner = f"{path}.content.{i}"
@@ -344,7 +346,7 @@ def _system_message(message: Mapping[str, Any], path: str, toolbox: _Toolbox) ->
         kind = block.get("type")
         if kind == "text":
             text = _string(block.get("text"), f"{inner}.text")
-            if text:
+            if text.strip():
                 blocks.append(c.TextBlock(text))
         elif kind in ("tool_addition", "tool_removal"):
             name = _tool_change(block, inner, toolbox, add=kind == "tool_addition")
@@ -688,6 +690,8 @@ def _amount(value: Any, kinds: tuple[str, ...], default: int | None) -> int | No
     """The `value` of a `{"type": ..., "value": n}` setting of one of `kinds`, else default."""
     if isinstance(value, Mapping) and value.get("type") in kinds:
         number = value.get("value")
+        if isinstance(number, float) and number.is_integer():
+            number = int(number)  # 1024.0 is what some JSON encoders write for 1024
         if isinstance(number, int) and not isinstance(number, bool) and number >= 0:
             return number
     return default

@@ -32,6 +32,8 @@ class AppliedEdit:
     cleared_thinking_turns: int = 0
     cleared_tool_uses: int = 0
     cleared_input_tokens: int = 0
+    # tool calls whose input was cleared: a signature the upstream gave them no longer fits
+    cleared_input_ids: tuple[str, ...] = ()
 
 
 def apply_context_edits(
@@ -99,24 +101,33 @@ def _clear_tool_uses(
         return request, None
     placeholder = (c.TextBlock(CLEARED_TOOL_RESULT),)
     cleared = 0
+    uses: set[str] = set()
+    inputs: list[str] = []
     messages: list[c.Message] = []
     for message in request.messages:
         blocks: list[c.ContentBlock] = []
         for block in message.content:
-            if isinstance(block, c.ToolResultBlock) and block.tool_use_id in doomed:
+            # an earlier edit (or turn) may have cleared it already: that is not clearing
+            if (isinstance(block, c.ToolResultBlock) and block.tool_use_id in doomed
+                    and block.content != placeholder):
                 cleared += sum(
                     text_tokens(item.text) if isinstance(item, c.TextBlock)
                     else image_tokens(item.data)
                     for item in block.content
                 )
+                uses.add(block.tool_use_id)
                 block = attrs.evolve(block, content=placeholder)
-            elif isinstance(block, c.ToolUseBlock) and edit.clear_inputs and block.id in doomed:
+            elif (isinstance(block, c.ToolUseBlock) and edit.clear_inputs
+                  and block.id in doomed and block.input):
                 cleared += text_tokens(json.dumps(dict(block.input)))
+                uses.add(block.id)
+                inputs.append(block.id)
                 block = attrs.evolve(block, input={})
             blocks.append(block)
         messages.append(attrs.evolve(message, content=tuple(blocks)))
-    if cleared < edit.clear_at_least:
+    if not uses or cleared < edit.clear_at_least:
         return request, None
     return attrs.evolve(request, messages=tuple(messages)), AppliedEdit(
-        "clear_tool_uses_20250919", cleared_tool_uses=len(doomed), cleared_input_tokens=cleared
+        "clear_tool_uses_20250919", cleared_tool_uses=len(uses), cleared_input_tokens=cleared,
+        cleared_input_ids=tuple(inputs),
     )

@@ -90,15 +90,17 @@ _PREFIXES = ("models/", "google/", "anthropic/", "vertex_ai/", "gemini/")
 _SUFFIX = re.compile(r"\[[^\]]*\]$")
 _VERTEX_DATE = re.compile(r"@[0-9a-z-]+$")
 _DATE = re.compile(r"-(?:\d{8}|latest)$")
+# Version numbers are short: a client's 5,000-digit "version" is just not a model name.
 _CLAUDE_ID = re.compile(
-    r"^claude-(?:(?P<line>opus|sonnet|haiku)-(?P<major>\d+)(?:-(?P<minor>\d{1,2}))?"
-    r"|(?P<major2>\d+)(?:-(?P<minor2>\d{1,2}))?-(?P<line2>opus|sonnet|haiku)"
+    r"^claude-(?:(?P<line>opus|sonnet|haiku)-(?P<major>\d{1,4})(?:-(?P<minor>\d{1,2}))?"
+    r"|(?P<major2>\d{1,4})(?:-(?P<minor2>\d{1,2}))?-(?P<line2>opus|sonnet|haiku)"
     r"|(?P<line3>opus|sonnet|haiku))(?:-(?P<variant>.+))?$"
 )
 _GEMINI_ID = re.compile(
-    r"^gemini-(?:(?P<version>\d+(?:\.\d+)?)-)?(?P<line>pro|flash-lite|flash)(?:-(?P<variant>.+))?$"
+    r"^gemini-(?:(?P<version>\d{1,4}(?:\.\d{1,4})?)-)?(?P<line>pro|flash-lite|flash)"
+    r"(?:-(?P<variant>.+))?$"
 )
-_GEMINI_VERSION = re.compile(r"^gemini-(\d+)(?:\.(\d+))?")
+_GEMINI_VERSION = re.compile(r"^gemini-(\d{1,4})(?:\.(\d{1,4}))?(?!\d)")
 # Variants that make a model something other than a chat model.
 _NOT_CHAT = ("image", "tts", "embedding", "live", "audio", "computer-use")
 # A line with nothing served borrows from these, nearest first.

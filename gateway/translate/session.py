@@ -41,11 +41,12 @@ def claude_code_session(user_id: Any, header: str | None) -> str | None:
     in `metadata.user_id`; None for other clients (or a value that is not one)."""
     if isinstance(header, str) and 0 < len(header.strip()) <= _MAX_CLIENT_SESSION:
         return header.strip()
-    if not isinstance(user_id, str) or not user_id.startswith("{"):
+    # opaque client data: only a small JSON object is looked into, and never refused
+    if not isinstance(user_id, str) or not user_id.startswith("{") or len(user_id) > 4096:
         return None
     try:
         data = json.loads(user_id)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     session = data.get("session_id") if isinstance(data, dict) else None
     if isinstance(session, str) and 0 < len(session) <= _MAX_CLIENT_SESSION:
@@ -55,4 +56,5 @@ def claude_code_session(user_id: Any, header: str | None) -> str | None:
 
 def client_session_key(session: str) -> str:
     """The account-affinity key for a client-named session (hashed: it is client text)."""
-    return "client-" + hashlib.sha256(session.encode()).hexdigest()[:32]
+    raw = session.encode("utf-8", "surrogatepass")
+    return "client-" + hashlib.sha256(raw).hexdigest()[:32]

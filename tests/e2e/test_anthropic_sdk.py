@@ -236,6 +236,34 @@ async def test_gemini_thinking_tool_signature_kept_by_gateway(gateway: RunningGa
     assert calls[0]["thoughtSignature"] != "skip_thought_signature_validator"
 
 
+async def test_clearing_a_gemini_calls_input_drops_its_stale_signature(
+    gateway: RunningGateway,
+) -> None:
+    """context_management's clear_tool_inputs on a Gemini tool loop: the signature the
+    gateway kept was over the old input, so the cleared call goes with Google's sentinel."""
+    client = client_for(gateway)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Use the tool for Rome."}]
+    first = await call(lambda: client.messages.create(
+        model=GEMINI_THINKING, max_tokens=2048, tools=[WEATHER_TOOL], messages=messages))
+    tool_use = next(b for b in first.content if b.type == "tool_use")
+    messages += [
+        {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": tool_use.id, "content": "cloudy"}]},
+    ]
+    edit = {"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens", "value": 0},
+            "keep": {"type": "tool_uses", "value": 0}, "clear_tool_inputs": True}
+    for _ in range(2):  # the same edit on every turn, as clients send it
+        second = await call(lambda: client.messages.create(
+            model=GEMINI_THINKING, max_tokens=2048, tools=[WEATHER_TOOL], messages=messages,
+            extra_body={"context_management": {"edits": [edit]}}))
+        assert second.stop_reason == "end_turn"
+    [cleared] = [p for c in gateway_requests(gateway)[-1]["request"]["contents"]
+                 for p in c["parts"] if "functionCall" in p]
+    assert cleared["functionCall"]["args"] == {}
+    assert cleared["thoughtSignature"] == "skip_thought_signature_validator"
+
+
 async def test_switching_model_families_mid_conversation(gateway: RunningGateway) -> None:
     """Gemini, then Claude, then Gemini again, thinking all along and in a tool loop: each
     family's thoughts go back only to that family (the strict emulator refuses foreign
