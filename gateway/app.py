@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,17 @@ from gateway.accounts.supervisor import Supervisor
 from gateway.api import admin
 from gateway.api import anthropic as anthropic_api
 from gateway.api import openai as openai_api
-from gateway.api.chat import Dialect, Receive, Scope, Send, handle_chat, header, send_json
+from gateway.api.chat import (
+    Dialect,
+    Receive,
+    Scope,
+    Send,
+    access_log,
+    handle_chat,
+    header,
+    loggable,
+    send_json,
+)
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.signatures import SignatureCache
@@ -78,6 +89,14 @@ async def build_services(
         log.warning(
             "no Google accounts in %s: every chat request will fail with 503 until one is "
             "added with `gateway accounts add` (or try `gateway demo`)", store.path
+        )
+    elif not (config.oauth.client_id and config.oauth.client_secret):
+        log.error(
+            "%d account(s) in %s, but oauth.client_id and oauth.client_secret are not set: "
+            "their tokens cannot be refreshed and every chat request will fail; set them "
+            "(GATEWAY_OAUTH_CLIENT_ID, GATEWAY_OAUTH_CLIENT_SECRET) to the OAuth client that "
+            "issued the refresh tokens (README: \"Which OAuth client works\")",
+            len(accounts), store.path,
         )
     http = make_http_client(config.upstream)
     client = CloudCodeClient(http, config.upstream)
@@ -153,9 +172,13 @@ class GatewayASGI:
                 "invalid or missing API key: send it as 'Authorization: Bearer <key>' "
                 "or 'x-api-key: <key>'"
             )
-            status, body = _dialect_for(path, header(scope, b"anthropic-version") is not None
-                                        ).error_body(err)
-            await send_json(send, status, body)
+            dialect_of = _dialect_for(path, header(scope, b"anthropic-version") is not None)
+            status, body = dialect_of.error_body(err)
+            request_id = secrets.token_hex(8)
+            await send_json(send, status, body,
+                            {**err.headers(), "request-id": request_id, "x-request-id": request_id})
+            access_log.info("request id=%s route=%s path=%s status=%d error=%s", request_id,
+                            dialect_of.name, loggable(path), status, err.anthropic_type)
             return
         dialect = _CHAT_ROUTES.get(path)
         if dialect is not None:

@@ -20,6 +20,10 @@ class GatewayError(Exception):
     anthropic_type: ClassVar[str] = "api_error"
     openai_type: ClassVar[str] = "server_error"
     openai_code: ClassVar[str | None] = None
+    # False when only a person can fix it (a key, the config, the accounts): then the answer
+    # says `x-should-retry: false`, which the official SDKs (and Claude Code) obey instead of
+    # retrying for minutes.
+    retryable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -34,9 +38,12 @@ class GatewayError(Exception):
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
+        headers: dict[str, str] = {}
+        if self.retry_after is not None:
+            headers["retry-after"] = str(max(1, math.ceil(self.retry_after)))
+        if not self.retryable:
+            headers["x-should-retry"] = "false"
+        return headers
 
 
 class InvalidRequest(GatewayError):
@@ -68,6 +75,7 @@ class Unauthenticated(GatewayError):
     anthropic_type = "authentication_error"
     openai_type = "invalid_request_error"
     openai_code = "invalid_api_key"
+    retryable = False
 
 
 class PermissionDenied(GatewayError):
@@ -129,10 +137,7 @@ class ClientVersionRefused(UpstreamError):
     anthropic_type = "api_error"
     openai_type = "server_error"
     openai_code = "upstream_client_outdated"
-
-    def headers(self) -> dict[str, str]:
-        # retrying cannot help until the operator changes the config: tell SDKs not to
-        return {**super().headers(), "x-should-retry": "false"}
+    retryable = False
 
 
 class UpstreamTimeout(UpstreamError):
@@ -143,12 +148,19 @@ class UpstreamTimeout(UpstreamError):
 
 
 class NoAccounts(GatewayError):
-    """No account can serve: none configured, or all are invalid."""
+    """No account can serve: none configured, or all are invalid (or, transiently, none is
+    ready yet)."""
 
     status = 503
     anthropic_type = "api_error"
     openai_type = "server_error"
     openai_code = "no_accounts"
+
+
+class NoUsableAccounts(NoAccounts):
+    """None configured, or every one invalid or disabled: until someone adds one."""
+
+    retryable = False
 
 
 def _status_for_openai(err: GatewayError) -> int:

@@ -217,8 +217,10 @@ class AccountPool:
         live = [s for s in self._states.values() if s.status(now) in ("ok", "no-token")]
         if not live:
             if not self._states:
-                raise errors.NoAccounts(f"no Google accounts are configured; {NO_ACCOUNTS_HINT}")
-            raise errors.NoAccounts(
+                raise errors.NoUsableAccounts(
+                    f"no Google accounts are configured; {NO_ACCOUNTS_HINT}"
+                )
+            raise errors.NoUsableAccounts(
                 "every configured account is invalid or disabled; add the accounts again "
                 "with `gateway accounts add`"
             )

@@ -26,7 +26,7 @@ from gateway.accounts.model import Account, account_handle
 from gateway.accounts.pool import AccountPool
 from gateway.accounts.store import AccountStore, AccountStoreError
 from gateway.config import Config
-from gateway.translate.models import parse_available_models
+from gateway.translate.models import is_served_id, parse_available_models
 from gateway.upstream.client import CloudCodeClient, UpstreamHTTPError
 from gateway.upstream.gate import is_version_refusal
 
@@ -83,8 +83,8 @@ def parse_quotas(answer: Mapping[str, Any]) -> dict[str, tuple[float | None, str
     if not isinstance(models, Mapping):
         return quotas
     for model_id, info in models.items():
-        if not isinstance(model_id, str) or not model_id:
-            continue
+        if not isinstance(model_id, str) or not model_id or not is_served_id(model_id):
+            continue  # internal ids (chat_*, tab_*) are nobody's quota to watch
         quota = info.get("quotaInfo") if isinstance(info, Mapping) else None
         fraction: float | None = None
         reset: str | None = None

@@ -47,8 +47,14 @@ def _model_entry(info: ModelInfo, *, name: str | None = None) -> dict[str, Any]:
         "created_at": "1970-01-01T00:00:00Z",
         "context_window": info.context_window,
         "max_output_tokens": info.max_output_tokens,
+        # the Anthropic Models API's own names for those two, and its lifecycle
+        "max_input_tokens": info.context_window,
+        "max_tokens": info.max_output_tokens,
+        "lifecycle": "active",
         "thinking": info.thinking,
     }
+    if info.family == "claude" and info.line is not None:
+        entry["line"] = info.line
     if name is not None and name != info.id:
         entry["alias_of"] = info.id
     return entry

@@ -179,7 +179,7 @@ def _lone_surrogate(value: Any, path: str) -> str | None:
     return None
 
 
-def _loggable(name: str) -> str:
+def loggable(name: str) -> str:
     """A client-supplied name safe for one log field: no spaces or controls, bounded."""
     cleaned = "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in name)
     return cleaned[:80] or "-"
@@ -251,7 +251,7 @@ async def handle_chat(
             raw = await read_body(receive, scope, services.config.server.max_body_bytes)
             body = parse_json(raw)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
-                outcome.requested = _loggable(body["model"])
+                outcome.requested = loggable(body["model"])
             prepared = await dialect.prepare(body, services, scope)
         except errors.GatewayError as err:
             outcome.status, outcome.error_type = err.status, err.anthropic_type

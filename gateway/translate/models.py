@@ -40,6 +40,7 @@ __all__ = [
     "Catalogue",
     "ModelInfo",
     "describe_model",
+    "is_served_id",
     "model_from_upstream",
     "parse_available_models",
     "parse_model_id",
@@ -214,10 +215,15 @@ def _positive(value: Any) -> int | None:
     return None
 
 
+def is_served_id(model_id: str) -> bool:
+    """Whether a fetchAvailableModels id is a model clients can use (not an internal id)."""
+    lower = model_id.lower()
+    return _INTERNAL.match(lower) is None and lower.startswith(_SERVED_PREFIXES)
+
+
 def model_from_upstream(model_id: str, fields: Mapping[str, Any]) -> ModelInfo | None:
     """The `ModelInfo` of one `fetchAvailableModels` entry; None for internal ids."""
-    lower = model_id.lower()
-    if _INTERNAL.match(lower) or not lower.startswith(_SERVED_PREFIXES):
+    if not is_served_id(model_id):
         return None
     name = fields.get("displayName")
     supports = fields.get("supportsThinking")
@@ -333,8 +339,8 @@ class Catalogue:
 
     def _unknown_message(self, name: str) -> str:
         normal = normalise(name)
-        chat = [m.id for m in self.models if m.line is not None] or list(self.ids)
-        near = difflib.get_close_matches(normal, chat, n=3, cutoff=0.3) or chat[:3]
+        near = difflib.get_close_matches(normal, self.ids, n=3, cutoff=0.3) or list(
+            self.ids[:3])
         hint = f"; nearest available: {', '.join(near)}" if near else ""
         return f"model '{_clip(name)}' is not available{hint} (GET /v1/models lists them)"
 

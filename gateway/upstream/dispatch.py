@@ -427,7 +427,8 @@ class Dispatcher:
 
     def _count_error(self, exc: UpstreamHTTPError) -> None:
         if self.metrics is not None:
-            label = "empty" if isinstance(exc, _EmptyStream) else str(exc.status)
+            label = ("empty" if isinstance(exc, _EmptyStream)
+                     else "version" if isinstance(exc, _RefusedStream) else str(exc.status))
             self.metrics.upstream_errors.labels(label).inc()
 
 

@@ -138,6 +138,9 @@ async def test_models_list_in_both_sdks(gateway: RunningGateway) -> None:
     assert "gemini-3.5-flash-low" in ids  # a model the gateway does not know by heart
     assert {m.owned_by for m in oa_models} == {"anthropic", "google", "openai"}
     assert {m.id for m in an_models} == ids
+    opus = next(m for m in an_models if m.id == "claude-opus-4-6-thinking")
+    assert (opus.max_input_tokens, opus.max_tokens, opus.lifecycle, opus.line) == (
+        200_000, 64_000, "active", "opus")
 
 
 async def test_model_retrieve_in_both_sdks(gateway: RunningGateway) -> None:

@@ -37,7 +37,23 @@ async def test_requests_get_503_naming_the_fix(
     for response in (message, chat):
         assert response.status_code == 503
         assert "gateway accounts add" in response.text
+        assert response.headers["x-should-retry"] == "false"
     assert health["status"] == "degraded"
     assert health["accounts"] == 0
     assert models["data"]  # the catalogue, so clients can still list what exists
     assert not Path(config.accounts.file).exists()  # nothing was written on our behalf
+
+
+async def test_accounts_without_an_oauth_client_are_named_at_start(
+    nursery: trio.Nursery, emulator: RunningEmulator, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.cli import write_demo_accounts
+
+    accounts = str(tmp_path / "accounts.json")
+    await write_demo_accounts(accounts)
+    config = demo_config(Config(), emulator.url, accounts)
+    config = fast_config(config, server={"port": 0},
+                         oauth={"client_id": "", "client_secret": ""})
+    await nursery.start(partial(serve_gateway, create_app(config), config))
+    assert "oauth.client_id and oauth.client_secret are not set" in caplog.text

@@ -37,6 +37,8 @@ async def test_api_keys_required_when_configured(start_gateway: Callable[..., An
         models = await http.get(gateway.url + "/v1/models")
     assert missing.status_code == 401
     assert missing.json()["error"]["type"] == "authentication_error"
+    # only a person can fix a key: SDKs (and Claude Code) are told not to retry for minutes
+    assert missing.headers["x-should-retry"] == "false" and missing.headers["request-id"]
     assert wrong.status_code == 401
     assert wrong.json()["error"]["code"] == "invalid_api_key"
     assert "nope" not in wrong.text

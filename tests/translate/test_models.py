@@ -151,6 +151,8 @@ def test_unknown_names_are_404s_naming_the_nearest_ids() -> None:
     assert info.value.status == 404 and info.value.param == "model"
     assert "gemini-3-flash" in info.value.message
     assert "GET /v1/models" in info.value.message
+    with pytest.raises(errors.UnknownModel, match="gpt-oss-120b-medium"):
+        live().resolve("gpt-oss-120b")  # exact-name models are suggested too
     for name in ("no-such-model", "gpt-4o", "chat_20706", "gemini-3.1-flash-image-2"):
         with pytest.raises(errors.UnknownModel):
             live().resolve(name)  # non-chat and unknown ids are never guessed
