@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import httpx
 import trio
 
 from bench.loadgen import Http, client_set, run_load
@@ -196,6 +197,24 @@ def _check_alive(rig: Rig, *services: Service | None) -> None:
     for service in services:
         if service is not None and not service.alive():
             raise RuntimeError(f"the {service.name} process exited during the run")
+
+
+async def check_answers(rig: Rig, settings: Settings) -> None:
+    """One request per face before measuring: each must get the emulator's real answer (an
+    echo), not an error or the version gate's refusal, or the numbers would measure that."""
+    targets = [baseline_target(rig.upstream, settings.model, stream=True)]
+    if rig.gateway is not None:
+        targets += [gateway_target(face, rig.gateway.url, settings.model, stream=True)
+                    for face in settings.faces]
+    async with httpx.AsyncClient(timeout=60) as http:
+        for target in targets:
+            response = await http.post(target.url, content=target.body,
+                                       headers=list(target.headers))
+            if response.status_code != 200 or b"Echo" not in response.content:
+                raise RuntimeError(
+                    f"bench: {target.face} got no real answer (HTTP {response.status_code}: "
+                    f"{response.text[:300]!r}); nothing would be measured"
+                )
 
 
 async def load_phase(rig: Rig, settings: Settings) -> list[LoadRow]:
@@ -407,6 +426,7 @@ async def run_bench(
             f"emulator pid {emulator.pid} at {emulator.url}"
             + (f", gateway pid {gateway.pid} at {gateway.url}" if gateway else "")
         )
+        await check_answers(rig, settings)
         rows = await load_phase(rig, settings)
         litellm_rows, litellm = await litellm_phase(rig, settings, workdir)
         rows += litellm_rows

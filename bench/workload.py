@@ -17,6 +17,8 @@ from typing import Any, Literal
 import attrs
 import httpx
 
+from gateway.config import UpstreamConfig
+
 Face = Literal["baseline", "anthropic", "openai", "litellm"]
 PROMPT = "Benchmark: reply with the configured text."
 MAX_TOKENS = 1024
@@ -92,16 +94,13 @@ def baseline_target(upstream: Upstream, model: str, *, stream: bool) -> Target:
     # emulator's generateContent instead answers at once, ignoring its chunk delay. So both
     # baselines use the stream, and the unary one counts its first byte at the last, which
     # is when a real generateContent would answer.
+    # the headers the gateway sends (an outdated identity would get the version gate's
+    # one-line refusal instead of the answer, and measure nothing)
     headers = [
         ("authorization", f"Bearer {upstream.access_token}"),
         ("accept", "text/event-stream"),
         ("content-type", "application/json"),
-        ("user-agent", "antigravity/1.11.5 linux/amd64"),
-        ("x-goog-api-client", "google-cloud-sdk vscode_cloudshelleditor/0.1"),
-        (
-            "client-metadata",
-            '{"ideType":"IDE_UNSPECIFIED","platform":"PLATFORM_UNSPECIFIED","pluginType":"GEMINI"}',
-        ),
+        ("user-agent", UpstreamConfig().user_agent),
     ]
     url = f"{upstream.url}/v1internal:streamGenerateContent?alt=sse"
     return Target(
