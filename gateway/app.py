@@ -42,8 +42,9 @@ from gateway.api.chat import (
     loggable,
     send_json,
 )
-from gateway.config import Config
+from gateway.config import Config, ServerConfig
 from gateway.metrics import Metrics
+from gateway.server import is_loopback
 from gateway.signatures import SignatureCache
 from gateway.translate.models import FALLBACK, Catalogue, ModelInfo
 from gateway.upstream.client import CloudCodeClient, make_http_client
@@ -152,14 +153,22 @@ class GatewayASGI:
     def __init__(self, app: QuartTrio, inner: Callable[..., Any]) -> None:
         self.app = app
         self.inner = inner
+        self.in_flight = 0  # chat requests being served (admission control)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # No route speaks WebSocket: refused before anything else (and before Quart,
+            # which answers an unrouted one with a 500), whatever the path or the key.
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
-            await self.inner(scope, receive, send)
+            await self.inner(scope, receive, send)  # lifespan
             return
         services: Services = self.app.extensions["gateway"]
         config = services.config.server
         path, method = scope["path"], scope["method"]
+        send = _finishing(send)
         origin = header(scope, b"origin")
         allowed_origin = _cors_origin(origin, config.cors_origins)
         if allowed_origin is not None:
@@ -167,18 +176,14 @@ class GatewayASGI:
             if method == "OPTIONS":
                 await _preflight(send, allowed_origin)
                 return
-        if config.api_keys and path not in _OPEN_PATHS and not _authorized(scope, config.api_keys):
-            err = errors.Unauthenticated(
-                "invalid or missing API key: send it as 'Authorization: Bearer <key>' "
-                "or 'x-api-key: <key>'"
-            )
-            dialect_of = _dialect_for(path, header(scope, b"anthropic-version") is not None)
-            status, body = dialect_of.error_body(err)
-            request_id = secrets.token_hex(8)
-            await send_json(send, status, body,
-                            {**err.headers(), "request-id": request_id, "x-request-id": request_id})
-            access_log.info("request id=%s route=%s path=%s status=%d error=%s", request_id,
-                            dialect_of.name, loggable(path), status, err.anthropic_type)
+        refusal = _edge_refusal(scope, services)
+        if refusal is not None:
+            if isinstance(refusal, _Framing):
+                # Read what the server parsed as this request's body first: answering
+                # before, hypercorn can trip over the bytes after it and close the
+                # connection before the answer is out.
+                await _drain(receive, config.body_timeout_seconds)
+            await _refuse(send, scope, refusal)
             return
         dialect = _CHAT_ROUTES.get(path)
         if dialect is not None:
@@ -187,27 +192,167 @@ class GatewayASGI:
                 status, body = dialect.error_body(err405)
                 await send_json(send, status, body, {"allow": "POST"})
                 return
+            limit = config.max_concurrent_requests
+            if self.in_flight >= limit:
+                await _refuse(send, scope, errors.Overloaded(
+                    f"the gateway is serving its limit of {limit} concurrent requests "
+                    "(server.max_concurrent_requests); retry shortly", retry_after=1))
+                return
+            self.in_flight += 1
             services.metrics.open_streams.inc()
             try:
                 await handle_chat(scope, receive, send, dialect, services)
             finally:
+                self.in_flight -= 1
                 services.metrics.open_streams.dec()
             return
         await self.inner(scope, receive, send)
 
 
+# Endpoints that read a request body all read JSON.
+_JSON_TYPES = ("application/json",)
+# The final body message's send closes the connection when it must close (Connection:
+# close, HTTP/1.0, a 408): hypercorn does that close inside this very call, so a cancel
+# arriving meanwhile (Quart cancels its request task as the response ends) would leave the
+# socket open. Shielded, bounded.
+FINAL_SEND_SHIELD_SECONDS = 10.0
+
+
+def _finishing(send: Send) -> Send:
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with trio.move_on_after(FINAL_SEND_SHIELD_SECONDS) as scope:
+                scope.shield = True
+                await send(message)
+            return
+        await send(message)
+
+    return wrapped
+
+
+def _edge_refusal(scope: Scope, services: Services) -> errors.GatewayError | None:
+    """What the edge refuses before any route runs, in order: a Host this gateway is not
+    (DNS rebinding), a framing that can smuggle a second request, a missing API key, a
+    body that is not JSON (a web page's "simple" cross-site POST)."""
+    config = services.config.server
+    host = _host_of(scope)
+    if host is not None and not host_allowed(host, config):
+        return errors.MisdirectedRequest(
+            f"this gateway does not serve the host {loggable(host)!r}; add it to "
+            "server.allowed_hosts if it is yours"
+        )
+    if (_raw_header(scope, b"transfer-encoding") is not None
+            and _raw_header(scope, b"content-length") is not None):
+        return _Framing("a request must not carry both Content-Length and "
+                        "Transfer-Encoding (RFC 9112 6.1)")
+    path = scope["path"]
+    if config.api_keys and path not in _OPEN_PATHS and not _authorized(scope, config.api_keys):
+        return errors.Unauthenticated(
+            "invalid or missing API key: send it as 'Authorization: Bearer <key>' "
+            "or 'x-api-key: <key>'"
+        )
+    if scope["method"] in ("POST", "PUT", "PATCH") and (
+        path in _JSON_ROUTES or _has_body(scope)
+    ):
+        kind = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+        if kind not in _JSON_TYPES and not kind.endswith("+json"):
+            return errors.UnsupportedMediaType(
+                f"the request body must be JSON, sent with 'Content-Type: application/json' "
+                f"(got {loggable(kind) if kind else 'none'})"
+            )
+    return None
+
+
+class _Framing(errors.InvalidRequest):
+    """A request whose length cannot be trusted: answered, then the connection closed."""
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "connection": "close"}
+
+
+_JSON_ROUTES = frozenset({"/v1/messages", "/v1/chat/completions", "/v1/messages/count_tokens"})
+
+
+def _has_body(scope: Scope) -> bool:
+    length = header(scope, b"content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return _raw_header(scope, b"transfer-encoding") is not None
+
+
+def _host_of(scope: Scope) -> str | None:
+    value = header(scope, b"host") or header(scope, b":authority")
+    if not value:
+        return None
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8080
+        return value[1:value.find("]")] if "]" in value else value
+    name = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    return name.rstrip(".")  # "localhost." is localhost
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1"})
+
+
+def host_allowed(host: str, config: ServerConfig) -> bool:
+    """Whether a Host header names this gateway: loopback names and the bound address, or
+    `server.allowed_hosts` (exact names, `*.domain`, or `*` for any). A gateway bound beyond
+    loopback (which then requires API keys) takes any host unless allowed_hosts is set."""
+    if host in _LOOPBACK_NAMES or host.startswith("127.") or host == config.host.lower():
+        return True
+    allowed = config.allowed_hosts
+    if not allowed:
+        return not is_loopback(config.host)
+    for entry in allowed:
+        entry = entry.strip().lower()
+        if entry == "*" or entry == host or (
+            entry.startswith("*.") and host.endswith(entry[1:])
+        ):
+            return True
+    return False
+
+
+async def _drain(receive: Receive, seconds: float) -> None:
+    with trio.move_on_after(seconds):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+
+
+async def _refuse(send: Send, scope: Scope, err: errors.GatewayError) -> None:
+    """Answer `err` in the format of the route (or of the client), with a request id and a
+    log line."""
+    path = scope["path"]
+    dialect = _dialect_for(path, header(scope, b"anthropic-version") is not None)
+    status, body = dialect.error_body(err)
+    request_id = secrets.token_hex(8)
+    await send_json(send, status, body,
+                    {**err.headers(), "request-id": request_id, "x-request-id": request_id})
+    access_log.info("request id=%s route=%s path=%s status=%d error=%s", request_id,
+                    dialect.name, loggable(path), status, err.anthropic_type)
+
+
+def _raw_header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
 def _authorized(scope: Scope, keys: tuple[str, ...]) -> bool:
-    given = header(scope, b"x-api-key")
+    # Bytes against bytes: a key with non-ASCII characters arrives as its UTF-8 bytes, which
+    # decoding the header (latin-1) and re-encoding would turn into other bytes.
+    given = _raw_header(scope, b"x-api-key")
     if given is None:
-        auth = header(scope, b"authorization") or ""
-        scheme, _, token = auth.partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
+        scheme, _, token = (_raw_header(scope, b"authorization") or b"").partition(b" ")
+        given = token.strip() if scheme.lower() == b"bearer" else None
     if not given:
         return False
     # compare against every key so the time taken does not say which one nearly matched
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(given.encode(), key.encode())
+        matched |= hmac.compare_digest(given, key.encode("utf-8"))
     return matched
 
 
@@ -261,7 +406,7 @@ def create_app(
     app = QuartTrio("gateway")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as the model talks
-        BODY_TIMEOUT=60,
+        BODY_TIMEOUT=config.server.body_timeout_seconds,
         MAX_CONTENT_LENGTH=config.server.max_body_bytes,
         PROVIDE_AUTOMATIC_OPTIONS=False,
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=config.server.shutdown_grace_seconds,
@@ -302,18 +447,21 @@ def create_app(
         kinds: dict[int, type[errors.GatewayError]] = {
             404: errors.NotFound,
             405: errors.MethodNotAllowed,
+            408: errors.RequestTimeout,
             413: errors.PayloadTooLarge,
         }
         kind = kinds.get(code, errors.InvalidRequest if code < 500 else errors.GatewayError)
         message = {
             404: f"no route for {request.method} {request.path}",
             405: f"{request.method} is not allowed on {request.path}",
+            408: f"the request body did not arrive within "
+                 f"{config.server.body_timeout_seconds:g} seconds (server.body_timeout_seconds)",
             413: f"request body exceeds the {config.server.max_body_bytes} byte limit",
         }.get(code, exc.description or exc.name)
         err = kind(message)
         status, body = _request_dialect().error_body(err)
         return Response(_json(body), status=code if code != status else status,
-                        content_type="application/json")
+                        content_type="application/json", headers=err.headers())
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:

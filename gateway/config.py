@@ -37,7 +37,17 @@ class ServerConfig:
     # Binding to a non-loopback address without api_keys is refused unless this is set.
     insecure_no_auth: bool = False
     cors_origins: tuple[str, ...] = ()
+    # Host names this gateway answers to besides loopback names and its bind address (a
+    # guard against DNS rebinding); "*.example.com" and "*" work. Empty: loopback only on a
+    # loopback bind, any host on a wider bind (which requires API keys).
+    allowed_hosts: tuple[str, ...] = ()
+    # Chat requests served at once; more get 529 (Anthropic) / 503 (OpenAI) at once, so a
+    # burst cannot starve /health, /metrics and the requests already running.
+    max_concurrent_requests: int = 512
     max_body_bytes: int = 20 * 1024 * 1024
+    # A request body not complete this long after its headers is answered 408 (and the
+    # connection closed): a client that never finishes must not hold a connection.
+    body_timeout_seconds: float = 60.0
     # In-flight streams get this long to finish on SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = 10.0
     # Idle SSE streams get a keep-alive (Anthropic `ping`, OpenAI SSE comment) this often.
@@ -160,6 +170,8 @@ _POSITIVE = {
     "server.port",
     "server.max_body_bytes",
     "server.keepalive_seconds",
+    "server.body_timeout_seconds",
+    "server.max_concurrent_requests",
     "upstream.connect_timeout_seconds",
     "upstream.read_timeout_seconds",
     "upstream.capacity_max_wait_seconds",
@@ -225,11 +237,23 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
         pass
     else:
         raise ConfigError(f"config key {key!r}: unsupported type {annotation}")
-    raise ConfigError(f"config key {key!r}: expected {annotation}, got {value!r}")
+    # a secret's value is never shown, not even the part that is wrong
+    shown = _describe(value) if _is_secret(key) else repr(value)
+    raise ConfigError(f"config key {key!r}: expected {annotation}, got {shown}")
 
 
 def _is_secret(key: str) -> bool:
-    return key.endswith(("api_keys", "client_secret"))
+    """Keys whose values are secrets, by the TOML name or the environment name."""
+    lowered = key.lower()
+    return lowered.endswith(("api_keys", "client_secret", "api_key")) or "secret" in lowered
+
+
+def _describe(value: Any) -> str:
+    """What kind of value it is, never the value itself."""
+    if isinstance(value, list):
+        kinds = sorted({type(v).__name__ for v in value})
+        return f"a list of {', '.join(kinds) or 'nothing'} (value not shown)"
+    return f"a {type(value).__name__} (value not shown)"
 
 
 def load_config(

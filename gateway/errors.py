@@ -70,6 +70,35 @@ class MethodNotAllowed(GatewayError):
     openai_type = "invalid_request_error"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not finish sending its request in time; the connection is closed."""
+
+    status = 408
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+    openai_code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "connection": "close"}
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+    openai_code = "unsupported_media_type"
+
+
+class MisdirectedRequest(GatewayError):
+    """The Host header names a site this gateway does not serve (DNS rebinding, mostly)."""
+
+    status = 421
+    anthropic_type = "permission_error"
+    openai_type = "invalid_request_error"
+    openai_code = "misdirected_request"
+    retryable = False
+
+
 class Unauthenticated(GatewayError):
     status = 401
     anthropic_type = "authentication_error"

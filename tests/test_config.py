@@ -84,3 +84,36 @@ def test_secrets_never_echoed() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, environ={"GATEWAY_OAUTH_CLIENT_SECRET": "s3cr3t", "GATEWAY_PORT": "0"})
     assert "s3cr3t" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[server]\napi_keys = [1, "MY-SECRET"]\n',
+        '[server]\napi_keys = {x = "MY-SECRET"}\n',
+        '[oauth]\nclient_secret = ["MY-SECRET"]\n',
+        '[oauth]\nclient_secret = 12345\n',
+    ],
+)
+def test_malformed_secrets_are_named_never_shown(tmp_path: Path, toml: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert "MY-SECRET" not in message and "12345" not in message
+    assert "api_keys" in message or "client_secret" in message
+    assert "value not shown" in message
+
+
+def test_the_command_line_does_not_print_a_malformed_secret(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "b.toml"
+    path.write_text('[server]\napi_keys=[1,"MY-SECRET"]\n')
+    result = subprocess.run([sys.executable, "-m", "gateway", "accounts", "--config", str(path),
+                             "list"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "MY-SECRET" not in result.stdout + result.stderr
+    assert "server.api_keys" in result.stderr

@@ -63,6 +63,9 @@ class _Worker:
     refresh_failures: int = 0
     discovery_retry_at: float = 0.0
     discovery_failures: int = 0
+    # the rejected access token the last on-demand renewal started from: callers holding
+    # the same rejected token share that one attempt, whatever came of it
+    renewed_from: str | None = None
 
     def poke(self) -> None:
         self.wake.set()
@@ -173,6 +176,11 @@ class Supervisor:
             current = self.pool.token(email)
             if current is not None and current != rejected:
                 return current
+            if rejected is not None and worker.renewed_from == rejected:
+                return current  # renewed (or failed to) already: not once more per caller
+            if self.pool.status(email) == "invalid":
+                return None  # a revoked grant stays revoked until someone re-adds it
+            worker.renewed_from = rejected
             await self._refresh(worker, locked=True)
         return self.pool.token(email)
 

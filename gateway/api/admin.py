@@ -91,21 +91,25 @@ async def get_model(model_id: str) -> dict[str, Any]:
 
 @blueprint.get("/health")
 async def health() -> tuple[dict[str, Any], int]:
+    """200 while some account can serve; 503 (same JSON) when none can, or when the upstream
+    refuses this gateway's client version, so a load balancer notices."""
     services = _services()
     snap = services.pool.snapshot()
-    status = "ok" if snap.active_accounts > 0 else "degraded"
+    refused = services.dispatcher.version_refused
+    serving = snap.active_accounts > 0 and not refused
     return (
         {
-            "status": status,
+            "status": "ok" if serving else "degraded",
             "accounts": snap.accounts,
             "activeAccounts": snap.active_accounts,
             "rateLimitedAccounts": sum(1 for a in snap.entries if a.cooldowns),
             "invalidAccounts": sum(1 for a in snap.entries if a.status == "invalid"),
+            "clientVersionRefused": refused,
             "models": len(services.catalogue()),
             "uptimeSeconds": round(time.time() - _STARTED, 1),
             "demo": services.demo,
         },
-        200,
+        200 if serving else 503,
     )
 
 

@@ -112,10 +112,19 @@ class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
 
 
-async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+async def read_body(receive: Receive, scope: Scope, limit: int, seconds: float) -> bytes:
+    """The whole request body, within `limit` bytes and `seconds` seconds."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.PayloadTooLarge(f"request body exceeds the {limit} byte limit")
+    with trio.move_on_after(seconds):
+        return await _read_body(receive, limit)
+    raise errors.RequestTimeout(
+        f"the request body did not arrive within {seconds:g} seconds (server.body_timeout_seconds)"
+    )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -248,7 +257,8 @@ async def handle_chat(
     stream = False
     try:
         try:
-            raw = await read_body(receive, scope, services.config.server.max_body_bytes)
+            raw = await read_body(receive, scope, services.config.server.max_body_bytes,
+                                  services.config.server.body_timeout_seconds)
             body = parse_json(raw)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 outcome.requested = loggable(body["model"])

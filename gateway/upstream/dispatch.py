@@ -125,6 +125,8 @@ class Dispatcher:
         self.metrics = metrics
         self._clock = clock
         self._jitter = jitter
+        # the upstream refused our client version and nothing has been served since
+        self.version_refused = False
 
     @asynccontextmanager
     async def open_stream(
@@ -137,6 +139,7 @@ class Dispatcher:
         """
         async with AsyncExitStack() as stack:
             stream = await self._open(stack, model, sticky_key, build_body)
+            self.version_refused = False
             yield stream
             self.pool.success(stream.email, stream.model.id)
 
@@ -353,6 +356,7 @@ class Dispatcher:
 
     def _version_refused(self, exc: UpstreamHTTPError) -> errors.ClientVersionRefused:
         """The version gate: the same on every account, so no failover and no penalty."""
+        self.version_refused = True
         if self.metrics is not None:
             self.metrics.version_refusals.inc()
         agent = self.config.upstream.user_agent

@@ -163,6 +163,39 @@ async def test_concurrent_renewals_share_one_refresh(
     assert len(set(tokens)) == 1 and tokens[0] not in (None, stale)
 
 
+async def test_concurrent_401s_on_a_dying_grant_cost_one_refresh_and_one_write(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    """Twenty requests see 401 at once and the refresh fails: one refresh, at most one write
+    (the invalid mark), not twenty of each."""
+    from gateway.emulator import Fault
+
+    rig = await make_rig()
+    writes = 0
+    before_replace = rig.store._before_replace
+
+    def counting(temp: Any) -> None:
+        nonlocal writes
+        writes += 1
+        before_replace(temp)
+
+    rig.store._before_replace = counting  # type: ignore[method-assign]
+    stale = rig.supervisor.access_token(DEMO1)
+    emulator.state.add_fault(Fault(kind="invalid_grant", account=DEMO1))
+    before = _token_requests(emulator)
+    results: list[str | None] = []
+
+    async def renew() -> None:
+        results.append(await rig.supervisor.renew_token(DEMO1, stale))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(renew)
+    assert _token_requests(emulator) == before + 1
+    assert writes <= 1
+    assert results == [None] * 20
+
+
 async def test_a_silent_token_endpoint_delays_start_up_only_briefly(
     make_rig: MakeRig, nursery: trio.Nursery
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import anthropic
 import httpx
@@ -208,3 +209,27 @@ async def test_readded_account_is_adopted_and_not_marked_invalid(
     assert stored.invalid_reason is None
     statuses = {e.email: e.status for e in gateway.services.pool.snapshot().entries}
     assert statuses[DEMO1] == "ok"
+
+
+async def test_health_is_503_when_no_account_can_serve(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(gateway.url + "/health")).status_code == 200
+        for email in ("demo1@example.com", "demo2@example.com"):
+            gateway.services.pool.mark_invalid(email, "invalid_grant")
+        health = await http.get(gateway.url + "/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "degraded" and health.json()["invalidAccounts"] == 2
+
+
+async def test_health_is_503_while_the_upstream_refuses_our_client_version(
+    start_gateway: Any,
+) -> None:
+    gateway = await start_gateway(upstream={"user_agent": "antigravity/1.11.5 linux/amd64"})
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(gateway.url + "/health")).status_code == 200
+        refused = await http.post(gateway.url + "/v1/messages", json={
+            "model": "claude-sonnet-4-6", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]})
+        health = await http.get(gateway.url + "/health")
+    assert refused.status_code == 502
+    assert health.status_code == 503 and health.json()["clientVersionRefused"] is True

@@ -374,7 +374,8 @@ async def test_bad_input_gets_anthropic_errors(
 async def test_oversize_body_is_413(start_gateway: Callable[..., Any]) -> None:
     gateway = await start_gateway(server={"max_body_bytes": 1000})
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.url}/v1/messages", content=b"x" * 5000)
+        response = await http.post(f"{gateway.url}/v1/messages", content=b"x" * 5000,
+                                   headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "request_too_large"
 

@@ -32,13 +32,15 @@ async def test_requests_get_503_naming_the_fix(
                 "messages": [{"role": "user", "content": "hi"}]})
             chat = await http.post(url + "/v1/chat/completions", json={
                 "model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]})
-            health = (await http.get(url + "/health")).json()
+            health_response = await http.get(url + "/health")
+            health = health_response.json()
             models = (await http.get(url + "/v1/models")).json()
     for response in (message, chat):
         assert response.status_code == 503
         assert "gateway accounts add" in response.text
         assert response.headers["x-should-retry"] == "false"
     assert health["status"] == "degraded"
+    assert health_response.status_code == 503  # a load balancer takes it out
     assert health["accounts"] == 0
     assert models["data"]  # the catalogue, so clients can still list what exists
     assert not Path(config.accounts.file).exists()  # nothing was written on our behalf

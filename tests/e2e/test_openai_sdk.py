@@ -224,7 +224,8 @@ async def test_bad_input_gets_openai_errors(
 
 async def test_invalid_json_body(gateway: RunningGateway) -> None:
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.url}/v1/chat/completions", content=b"{oops")
+        response = await http.post(f"{gateway.url}/v1/chat/completions", content=b"{oops",
+                                   headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
 

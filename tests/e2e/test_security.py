@@ -126,7 +126,8 @@ async def test_body_limit_is_413_in_callers_format(
         async def chunks() -> Any:
             for _ in range(10):
                 yield b" " * 1000
-        chunked = await http.post(gateway.url + path, content=chunks())
+        chunked = await http.post(gateway.url + path, content=chunks(),
+                                  headers={"content-type": "application/json"})
     for r in (response, chunked):
         assert r.status_code == 413
         assert r.json()["error"]["type"] == kind
@@ -200,3 +201,21 @@ async def test_remote_image_urls_are_not_fetched(
     assert file_url.status_code == 400
     assert "root:" not in file_url.text
     assert len(generation_requests(emulator)) == before  # nothing was fetched, nothing sent
+
+
+async def test_non_ascii_api_keys_match_their_utf8_bytes(
+    start_gateway: Callable[..., Any],
+) -> None:
+    key = "clé-secrète-ключ-🔑"
+    gateway = await start_gateway(server={"api_keys": (key,)})
+    raw = key.encode("utf-8")
+    async with httpx.AsyncClient() as http:
+        as_x_api_key = await http.post(gateway.url + "/v1/messages", json=MESSAGE,
+                                       headers=[(b"x-api-key", raw)])
+        as_bearer = await http.post(gateway.url + "/v1/chat/completions", json=CHAT,
+                                    headers=[(b"authorization", b"Bearer " + raw)])
+        wrong = await http.post(gateway.url + "/v1/messages", json=MESSAGE,
+                                headers=[(b"x-api-key", raw[:-1] + b"x")])
+    assert as_x_api_key.status_code == 200, as_x_api_key.text
+    assert as_bearer.status_code == 200, as_bearer.text
+    assert wrong.status_code == 401

@@ -1,0 +1,206 @@
+"""The HTTP edge under attack: raw sockets sending what well-behaved clients never do."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.support import RunningGateway
+
+
+def _port(gateway: RunningGateway) -> int:
+    return int(gateway.url.rsplit(":", 1)[1])
+
+
+def exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, float | None]:
+    """Send `data`; return what came back and how long until the server closed (None: it
+    kept the connection open for `wait` seconds)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as conn:
+        conn.sendall(data)
+        received = b""
+        start = time.monotonic()
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return received, time.monotonic() - start
+                received += chunk
+        except TimeoutError:
+            return received, None
+
+
+async def test_websocket_upgrades_are_refused_cleanly(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = (b"GET /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n\r\n")
+    with caplog.at_level(logging.INFO):
+        for path in (b"/v1/messages", b"/health", b"/nowhere"):
+            answer, _ = await trio.to_thread.run_sync(
+                exchange, _port(gateway), request.replace(b"/v1/messages", path, 1))
+            assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
+
+
+MESSAGE = (b'{"model":"claude-sonnet-4-6","max_tokens":16,'
+           b'"messages":[{"role":"user","content":"hi"}]}')
+
+
+def request(path: bytes, body: bytes, *, extra: bytes = b"",
+            content_type: bytes = b"application/json", version: bytes = b"1.1") -> bytes:
+    return (b"POST " + path + b" HTTP/" + version + b"\r\nHost: 127.0.0.1\r\n"
+            + (b"Content-Type: " + content_type + b"\r\n" if content_type else b"")
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
+
+
+@pytest.mark.parametrize(
+    ("path", "marker"),
+    [(b"/v1/messages", b'"type":"error"'), (b"/v1/chat/completions", b'"code":"request_timeout"'),
+     (b"/v1/messages/count_tokens", b'"type":"error"'), (b"/refresh-token", b'"error"')],
+)
+@pytest.mark.parametrize("framing", ["short-length", "unfinished-chunks"])
+async def test_bodies_that_never_finish_get_408_and_the_connection_closes(
+    start_gateway: Any, path: bytes, marker: bytes, framing: str
+) -> None:
+    gateway = await start_gateway(server={"body_timeout_seconds": 0.5})
+    if framing == "short-length":
+        data = (b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+    else:
+        data = (b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n")
+    answer, closed_after = await trio.to_thread.run_sync(exchange, _port(gateway), data, 5.0)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert marker in answer
+    assert closed_after is not None and closed_after < 3  # not held open after the 408
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        request(b"/v1/messages", MESSAGE, extra=b"Connection: close\r\n"),
+        request(b"/v1/messages", MESSAGE, version=b"1.0"),
+    ],
+    ids=["health-close", "health-1.0", "models-close", "chat-close", "chat-1.0"],
+)
+async def test_connections_close_when_the_client_says_so(
+    gateway: RunningGateway, data: bytes
+) -> None:
+    answer, closed_after = await trio.to_thread.run_sync(exchange, _port(gateway), data)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert closed_after is not None and closed_after < 2
+
+
+async def test_content_length_with_transfer_encoding_is_refused_and_closed(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    smuggled = b"GET /account-limits HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    body = b"0\r\n\r\n" + smuggled
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + body)
+    answer, closed_after = await trio.to_thread.run_sync(exchange, _port(gateway), data)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert b"Transfer-Encoding" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # the smuggled request never ran
+    assert closed_after is not None
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "anthropic"),
+    [
+        (b"/v1/messages", b"text/plain", True),
+        (b"/v1/messages", b"application/x-www-form-urlencoded", True),
+        (b"/v1/messages", b"", True),
+        (b"/v1/chat/completions", b"text/plain;charset=UTF-8", False),
+        (b"/v1/messages/count_tokens", b"multipart/form-data; boundary=x", True),
+        (b"/refresh-token", b"text/plain", False),
+    ],
+)
+async def test_bodies_that_are_not_json_are_415_in_the_callers_format(
+    gateway: RunningGateway, path: bytes, content_type: bytes, anthropic: bool
+) -> None:
+    """A web page can send these cross-site without asking (a "simple" request)."""
+    body = MESSAGE if path != b"/refresh-token" else b"{}"
+    answer, _ = await trio.to_thread.run_sync(
+        exchange, _port(gateway), request(path, body, content_type=content_type,
+                                          extra=b"Connection: close\r\n"))
+    assert answer.startswith(b"HTTP/1.1 415"), answer[:300]
+    assert (b'"type":"error"' in answer) == anthropic
+    assert b"application/json" in answer
+    assert not list(gateway.emulator.state.generation_requests())
+
+
+@pytest.mark.parametrize("host", [b"evil.example.com", b"attacker.test:8080", b"10.0.0.1"])
+async def test_foreign_hosts_are_refused_on_a_loopback_gateway(
+    gateway: RunningGateway, host: bytes
+) -> None:
+    """DNS rebinding: a page whose name now points at 127.0.0.1 must not read the pool."""
+    data = b"GET /account-limits HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    answer, _ = await trio.to_thread.run_sync(exchange, _port(gateway), data)
+    assert answer.startswith(b"HTTP/1.1 421"), answer[:300]
+    assert b"demo1@example.com" not in answer
+    assert b"server.allowed_hosts" in answer
+
+
+@pytest.mark.parametrize("host", [b"localhost", b"127.0.0.1:1234", b"[::1]:80", b"localhost."])
+async def test_loopback_hosts_are_served(gateway: RunningGateway, host: bytes) -> None:
+    data = b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    answer, _ = await trio.to_thread.run_sync(exchange, _port(gateway), data)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
+async def test_allowed_hosts_extend_the_list(start_gateway: Any) -> None:
+    gateway = await start_gateway(server={"allowed_hosts": ("gw.example.com", "*.corp.test")})
+    for host, status in ((b"gw.example.com", b"200"), (b"a.corp.test:443", b"200"),
+                         (b"corp.test.evil", b"421")):
+        data = b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        answer, _ = await trio.to_thread.run_sync(exchange, _port(gateway), data)
+        assert answer.startswith(b"HTTP/1.1 " + status), (host, answer[:200])
+
+
+async def test_a_burst_past_the_limit_is_refused_fast_and_health_answers(
+    start_gateway: Any,
+) -> None:
+    gateway = await start_gateway(server={"max_concurrent_requests": 3})
+    gateway.emulator.state.chunk_delay_seconds = 0.5  # held streams: ~1.5 s each
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "hold on"}]}
+    statuses: list[int] = []
+
+    async def one(path: str, payload: dict[str, Any]) -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(gateway.url + path, json=payload)
+            statuses.append(response.status_code)
+            if response.status_code != 200:
+                refused.append(response)
+
+    refused: list[httpx.Response] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(one, "/v1/messages", body)
+        await gateway.emulator.state.wait_open_streams(3, timeout=5)
+        started = trio.current_time()
+        async with httpx.AsyncClient(timeout=5) as http:
+            over = await http.post(gateway.url + "/v1/messages", json=body)
+            over_openai = await http.post(gateway.url + "/v1/chat/completions", json={
+                "model": "gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]})
+            health = await http.get(gateway.url + "/health")
+        assert trio.current_time() - started < 1.0  # answered at once, not queued
+    assert over.status_code == 529 and over.json()["error"]["type"] == "overloaded_error"
+    assert over_openai.status_code == 503
+    assert "server.max_concurrent_requests" in over.text
+    assert over.headers["retry-after"] == "1"
+    assert health.status_code == 200
+    assert sorted(statuses) == [200, 200, 200]  # the admitted ones finish normally
