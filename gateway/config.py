@@ -44,6 +44,14 @@ class ServerConfig:
     # Chat requests served at once; more get 529 (Anthropic) / 503 (OpenAI) at once, so a
     # burst cannot starve /health, /metrics and the requests already running.
     max_concurrent_requests: int = 512
+    # What one request may hold (a clear 400 beyond): far above any real conversation, far
+    # below what would keep the gateway busy for seconds.
+    max_messages: int = 10_000
+    max_content_blocks: int = 50_000
+    max_tools: int = 2_000
+    # Bodies bigger than this are parsed and translated in a worker thread, not on the
+    # event loop every other request shares.
+    offload_bytes: int = 256 * 1024
     max_body_bytes: int = 20 * 1024 * 1024
     # A request body not complete this long after its headers is answered 408 (and the
     # connection closed): a client that never finishes must not hold a connection.
@@ -128,7 +136,9 @@ class AccountsConfig:
 class ImagesConfig:
     # Fetching http(s) image URLs named by clients is off unless enabled here.
     allow_remote_fetch: bool = False
-    max_bytes: int = 10 * 1024 * 1024
+    max_bytes: int = 10 * 1024 * 1024  # per image
+    max_count: int = 16  # URLs fetched per request
+    max_total_bytes: int = 32 * 1024 * 1024  # all the images of one request
     timeout_seconds: float = 10.0
 
 
@@ -172,11 +182,17 @@ _POSITIVE = {
     "server.keepalive_seconds",
     "server.body_timeout_seconds",
     "server.max_concurrent_requests",
+    "server.max_messages",
+    "server.max_content_blocks",
+    "server.max_tools",
+    "server.offload_bytes",
     "upstream.connect_timeout_seconds",
     "upstream.read_timeout_seconds",
     "upstream.capacity_max_wait_seconds",
     "accounts.quota_probe_interval_seconds",
     "images.max_bytes",
+    "images.max_count",
+    "images.max_total_bytes",
     "images.timeout_seconds",
 }
 

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, current_app, request
 
 from gateway import errors
-from gateway.api.chat import PreparedChat, Scope, header, parse_json
+from gateway.api.chat import PreparedChat, Scope, header, parse_within_limits, run_cpu
+from gateway.config import ServerConfig
 from gateway.translate import anthropic as wire
 from gateway.translate import canonical as c
-from gateway.translate.context import apply_context_edits
+from gateway.translate.context import AppliedEdit, apply_context_edits
 from gateway.translate.session import (
     claude_code_session,
     client_session_key,
@@ -34,6 +35,10 @@ def _user_id(body: Any) -> str | None:
     return user if isinstance(user, str) else None
 
 
+def _parse(body: Any) -> tuple[c.ChatRequest, tuple[AppliedEdit, ...]]:
+    return apply_context_edits(wire.parse_messages_request(body))
+
+
 def thinking_asked(chat: c.ChatRequest) -> bool:
     return chat.thinking is not None and chat.thinking.enabled
 
@@ -42,14 +47,17 @@ class AnthropicDialect:
     name = "anthropic"
     tool_id_prefix = "toolu_"
 
-    async def prepare(self, body: Any, services: Services, scope: Scope) -> PreparedChat:
-        chat, applied = apply_context_edits(wire.parse_messages_request(body))
+    async def prepare(
+        self, body: Any, services: Services, scope: Scope, *, offload: bool
+    ) -> PreparedChat:
+        chat, applied = await run_cpu(offload, _parse, body)
         model = services.resolve_model(chat.model, thinking=thinking_asked(chat))
         user = _user_id(body)
         session = conversation_session_id(chat, user=user)
         client_session = claude_code_session(user, header(scope, b"x-claude-code-session-id"))
         sticky = client_session_key(client_session) if client_session else session
-        return PreparedChat(chat, model, session, sticky, context_edits=applied)
+        return PreparedChat(chat, model, session, sticky, context_edits=applied,
+                            offload=offload)
 
     def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]:
         return error_body(err)
@@ -109,6 +117,13 @@ async def count_tokens() -> tuple[dict[str, Any], int]:
     services: Services = current_app.extensions["gateway"]
     raw = await request.get_data(cache=False)
     assert isinstance(raw, bytes)
-    chat, _ = apply_context_edits(wire.parse_count_tokens_request(parse_json(raw)))
+    offload = len(raw) > services.config.server.offload_bytes
+    chat = await run_cpu(offload, _count_tokens_request, raw, services.config.server)
     services.resolve_model(chat.model, thinking=thinking_asked(chat))
-    return {"input_tokens": estimate_tokens(chat)}, 200
+    return {"input_tokens": await run_cpu(offload, estimate_tokens, chat)}, 200
+
+
+def _count_tokens_request(raw: bytes, server: ServerConfig) -> c.ChatRequest:
+    body = parse_within_limits(raw, server)
+    chat, _ = apply_context_edits(wire.parse_count_tokens_request(body))
+    return chat

@@ -20,12 +20,13 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import trio
 
 from gateway import errors
+from gateway.config import ServerConfig
 from gateway.translate import canonical as c
 from gateway.translate.cloudcode import CloudCodeDecoder, to_cloudcode
 from gateway.translate.context import AppliedEdit
@@ -55,6 +56,7 @@ class PreparedChat:
     sticky_key: str  # which account serves it: the conversation, or the client's session
     include_usage: bool = False  # OpenAI stream_options.include_usage
     context_edits: tuple[AppliedEdit, ...] = ()  # Anthropic context_management that acted
+    offload: bool = False  # big: translate and encode it in a worker thread
 
 
 class StreamRenderer(Protocol):
@@ -69,7 +71,9 @@ class Dialect(Protocol):
     name: str
     tool_id_prefix: str
 
-    async def prepare(self, body: Any, services: Services, scope: Scope) -> PreparedChat: ...
+    async def prepare(
+        self, body: Any, services: Services, scope: Scope, *, offload: bool
+    ) -> PreparedChat: ...
     def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]: ...
     def stream_renderer(self, prepared: PreparedChat, response_id: str) -> StreamRenderer: ...
     def render(
@@ -188,6 +192,100 @@ def _lone_surrogate(value: Any, path: str) -> str | None:
     return None
 
 
+T = TypeVar("T")
+
+
+async def run_cpu(offload: bool, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` here, or in a worker thread when it may take long (pure work only).
+
+    Not abandoned on cancel: it is bounded CPU work, and nothing may outlive its request.
+    """
+    if not offload:
+        return work(*args)
+    return await trio.to_thread.run_sync(work, *args)
+
+
+def parse_within_limits(raw: bytes, server: ServerConfig) -> Any:
+    """The decoded body of a request, refused (400) past the request limits."""
+    check_object_budget(raw, server)
+    body = parse_json(raw)
+    check_limits(body, server)
+    return body
+
+
+def check_object_budget(raw: bytes, server: ServerConfig) -> None:
+    """Refuse, before decoding, a body with more JSON objects than any request within the
+    limits could have: decoding costs per object (600k tiny messages take a third of a
+    second of C code that nothing else can interrupt), and the count is cheap.
+
+    Inside a JSON string a quote is always escaped, so `{"` marks an object (or, rarely, a
+    string that ends in `{`): an upper bound, never an undercount of compact or spaced JSON.
+    """
+    budget = server.max_messages + 2 * server.max_content_blocks + 64 * server.max_tools + 4096
+    found = raw.count(b'{"') + raw.count(b"{ ") + raw.count(b"{\n") + raw.count(b"{}")
+    if found > budget:
+        raise errors.InvalidRequest(
+            f"request body holds more than {budget} JSON objects, more than any request "
+            "within server.max_messages, server.max_content_blocks and server.max_tools")
+
+
+def check_limits(body: Any, server: ServerConfig) -> None:
+    """Refuse requests bigger than any conversation needs in the counts that cost work:
+    messages, content blocks, tools (each limit a config key)."""
+    if not isinstance(body, dict):
+        return
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        if len(messages) > server.max_messages:
+            raise errors.InvalidRequest(
+                f"messages: {len(messages)} messages are more than this gateway takes in one "
+                f"request (server.max_messages = {server.max_messages})", param="messages")
+        blocks = 0
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                blocks += len(content)
+                for block in content:
+                    inner = block.get("content") if isinstance(block, dict) else None
+                    if isinstance(inner, list):
+                        blocks += len(inner)  # tool results hold blocks of their own
+            calls = message.get("tool_calls") if isinstance(message, dict) else None
+            if isinstance(calls, list):
+                blocks += len(calls)
+        if blocks > server.max_content_blocks:
+            raise errors.InvalidRequest(
+                f"messages: {blocks} content blocks are more than this gateway takes in one "
+                f"request (server.max_content_blocks = {server.max_content_blocks})",
+                param="messages")
+    tools = body.get("tools")
+    if isinstance(tools, list) and len(tools) > server.max_tools:
+        raise errors.InvalidRequest(
+            f"tools: {len(tools)} tools are more than this gateway takes in one request "
+            f"(server.max_tools = {server.max_tools})", param="tools")
+
+
+_CONTENTS = b'"contents":[]'
+
+
+def encode_upstream(body: dict[str, Any]) -> bytes:
+    """The upstream body as JSON. A long conversation is encoded one content at a time:
+    json.dumps holds the GIL for its whole run, and this runs in a worker thread beside
+    the event loop, which then gets its turn between contents."""
+    request = body.get("request")
+    contents = request.get("contents") if isinstance(request, dict) else None
+    if not isinstance(request, dict) or not isinstance(contents, list) or len(contents) < 64:
+        return _dumps(body)
+    shell = _dumps({**body, "request": {**request, "contents": []}})
+    # the first structural `"contents":[]` is the request's (quotes in strings are escaped)
+    at = shell.index(_CONTENTS)
+    items = b",".join(_dumps(content) for content in contents)
+    return shell[:at] + b'"contents":[' + items + b"]" + shell[at + len(_CONTENTS):]
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def loggable(name: str) -> str:
     """A client-supplied name safe for one log field: no spaces or controls, bounded."""
     cleaned = "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in name)
@@ -257,12 +355,16 @@ async def handle_chat(
     stream = False
     try:
         try:
-            raw = await read_body(receive, scope, services.config.server.max_body_bytes,
-                                  services.config.server.body_timeout_seconds)
-            body = parse_json(raw)
+            server = services.config.server
+            raw = await read_body(receive, scope, server.max_body_bytes,
+                                  server.body_timeout_seconds)
+            # a big body is parsed and translated in a worker thread, so one request cannot
+            # stop every other stream (and /health) while it is taken apart
+            offload = len(raw) > server.offload_bytes
+            body = await run_cpu(offload, parse_within_limits, raw, server)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 outcome.requested = loggable(body["model"])
-            prepared = await dialect.prepare(body, services, scope)
+            prepared = await dialect.prepare(body, services, scope, offload=offload)
         except errors.GatewayError as err:
             outcome.status, outcome.error_type = err.status, err.anthropic_type
             await send_error(send, dialect, err)
@@ -414,8 +516,8 @@ async def _relay(
     request_id = f"agent-{secrets.token_hex(16)}"
     held: list[c.StreamEvent] = []
 
-    def build_body(project: str, model: ModelInfo) -> dict[str, Any]:
-        return to_cloudcode(
+    def encoded(project: str, model: ModelInfo) -> bytes:
+        return encode_upstream(to_cloudcode(
             request,
             model=model,
             project=project,
@@ -423,7 +525,10 @@ async def _relay(
             request_id=request_id,
             tool_signatures=signatures,
             preamble=services.config.upstream.system_preamble,
-        )
+        ))
+
+    async def build_body(project: str, model: ModelInfo) -> bytes:
+        return await run_cpu(prepared.offload, encoded, project, model)
 
     async def emit(events: list[c.StreamEvent]) -> None:
         if request.stream:

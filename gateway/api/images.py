@@ -3,8 +3,11 @@
 Off by default: a gateway that fetches any URL a client names is a server-side request
 forgery tool. When `images.allow_remote_fetch` is on, each URL must be http(s), every address
 its host resolves to must be globally routable (no loopback, private, link-local, multicast
-or reserved ranges, so no cloud metadata endpoints), redirects are not followed, and the body
-is bounded in size and time. Only image/* content is accepted.
+or reserved ranges, so no cloud metadata endpoints), and the connection goes to the address
+that was checked (a second lookup could answer otherwise: DNS rebinding), with the URL's
+host kept for the Host header and TLS. Redirects are not followed; each body is bounded in
+size and time, and a request in the number of URLs and their total bytes. Only image/*
+content is accepted.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,48 +37,93 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def _check_host(host: str, port: int) -> None:
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def _checked_address(host: str, port: int, resolve: Resolve, allow_private: bool) -> str:
+    """The one address to connect to: every address the host resolves to must be public."""
     try:
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(await resolve(host, port)))
     except OSError:
         raise errors.InvalidRequest(f"image host {host!r} does not resolve") from None
-    addresses = {info[4][0] for info in infos}
-    if not addresses or not all(is_public_address(str(a)) for a in addresses):
+    if not addresses:
+        raise errors.InvalidRequest(f"image host {host!r} does not resolve")
+    if not allow_private and not all(is_public_address(a) for a in addresses):
         raise errors.InvalidRequest(
             f"image host {host!r} resolves to a private or reserved address; refused"
         )
+    return addresses[0]
 
 
 async def fetch_images(
-    urls: Sequence[str], config: ImagesConfig, *, allow_private: bool = False
+    urls: Sequence[str],
+    config: ImagesConfig,
+    *,
+    allow_private: bool = False,
+    resolve: Resolve = system_resolve,
 ) -> dict[str, tuple[str, str]]:
     """Map each URL to (media type, base64 data), or raise InvalidRequest.
 
-    `allow_private` exists for tests that serve images on loopback; the web layer never
-    sets it.
+    `allow_private` and `resolve` exist for tests that serve images on loopback under made-up
+    names; the web layer sets neither.
     """
     if not config.allow_remote_fetch:
         return {}
+    unique = list(dict.fromkeys(urls))
+    if len(unique) > config.max_count:
+        raise errors.InvalidRequest(
+            f"at most {config.max_count} image URLs are fetched per request "
+            f"(images.max_count), got {len(unique)}"
+        )
     fetched: dict[str, tuple[str, str]] = {}
+    budget = config.max_total_bytes
     timeout = httpx.Timeout(config.timeout_seconds)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-        for url in dict.fromkeys(urls):
-            fetched[url] = await _fetch_one(client, url, config, allow_private)
+        for url in unique:
+            media_type, data = await _fetch_one(
+                client, url, config, allow_private, resolve, min(config.max_bytes, budget)
+            )
+            budget -= len(data)
+            fetched[url] = media_type, base64.b64encode(data).decode()
     return fetched
 
 
 async def _fetch_one(
-    client: httpx.AsyncClient, url: str, config: ImagesConfig, allow_private: bool
-) -> tuple[str, str]:
+    client: httpx.AsyncClient,
+    url: str,
+    config: ImagesConfig,
+    allow_private: bool,
+    resolve: Resolve,
+    limit: int,
+) -> tuple[str, bytes]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise errors.InvalidRequest("image URLs must be http(s) or data: URLs")
-    if not allow_private:
-        await _check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise errors.InvalidRequest("image URL has an invalid port") from None
+    address = await _checked_address(parts.hostname, port, resolve, allow_private)
+    # connect to the checked address; the URL's own host names the site and the TLS peer
+    target = httpx.URL(url).copy_with(host=address)
+    host_header = parts.netloc.rpartition("@")[2]
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
     shown = f"{parts.scheme}://{parts.hostname}"
+    too_big = (
+        f"image at {shown} exceeds the {config.max_bytes} byte limit (images.max_bytes)"
+        if limit == config.max_bytes
+        else f"the images of this request exceed {config.max_total_bytes} bytes in all "
+             "(images.max_total_bytes)"
+    )
     try:
         with trio.fail_after(config.timeout_seconds):
-            async with client.stream("GET", url) as response:
+            async with client.stream("GET", target, headers={"host": host_header},
+                                     extensions=extensions) as response:
                 if response.status_code != 200:
                     raise errors.InvalidRequest(
                         f"image at {shown} answered HTTP {response.status_code}"
@@ -88,13 +136,11 @@ async def _fetch_one(
                 data = bytearray()
                 async for chunk in response.aiter_bytes():
                     data += chunk
-                    if len(data) > config.max_bytes:
-                        raise errors.InvalidRequest(
-                            f"image at {shown} exceeds the {config.max_bytes} byte limit"
-                        )
+                    if len(data) > limit:
+                        raise errors.InvalidRequest(too_big)
     except trio.TooSlowError:
         raise errors.InvalidRequest(f"image at {shown} took too long to fetch") from None
     except httpx.HTTPError as exc:
         reason = type(exc).__name__
         raise errors.InvalidRequest(f"image at {shown} could not be fetched: {reason}") from None
-    return media_type, base64.b64encode(bytes(data)).decode()
+    return media_type, bytes(data)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gateway import errors
-from gateway.api.chat import PreparedChat, Scope
+from gateway.api.chat import PreparedChat, Scope, run_cpu
 from gateway.api.images import fetch_images
 from gateway.translate import canonical as c
 from gateway.translate import openai as wire
@@ -27,16 +28,20 @@ class OpenAIDialect:
     name = "openai"
     tool_id_prefix = "call_"
 
-    async def prepare(self, body: Any, services: Services, scope: Scope) -> PreparedChat:
+    async def prepare(
+        self, body: Any, services: Services, scope: Scope, *, offload: bool
+    ) -> PreparedChat:
         urls = wire.image_urls_to_fetch(body)
         fetched = await fetch_images(urls, services.config.images) if urls else {}
-        chat = wire.parse_chat_request(body, fetched_images=fetched)
+        chat = await run_cpu(offload, partial(wire.parse_chat_request, fetched_images=fetched),
+                             body)
         thinking = chat.thinking is not None and chat.thinking.enabled
         model = services.resolve_model(chat.model, thinking=thinking)
         user = body.get("user") if isinstance(body, dict) else None
         session = conversation_session_id(chat, user=user if isinstance(user, str) else None)
         return PreparedChat(
-            chat, model, session, session, include_usage=wire.stream_include_usage(body)
+            chat, model, session, session, include_usage=wire.stream_include_usage(body),
+            offload=offload,
         )
 
     def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]:

@@ -20,7 +20,8 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import attrs
@@ -382,7 +383,7 @@ class _Emulator:
     async def v1internal(self, request: _Request, method: str) -> None:
         email = self.state.email_for_access_token(request.bearer())
         try:
-            body = request.json()
+            body = await _cpu(len(request.body), request.json)
         except _Response:
             self._record(request, email=email, model=None)
             raise
@@ -466,8 +467,10 @@ class _Emulator:
         if refused is not None:
             plan = content.refusal_plan(refused, prompt_tokens=prompt_tokens)
         else:
+            size = len(request.body)
             try:
-                content.check_envelope(envelope, model=model, key=self.state.signing_key)
+                await _cpu(size, partial(content.check_envelope, envelope, model=model,
+                                         key=self.state.signing_key))
             except content.UpstreamRefusal as refusal:
                 raise _Response(refusal.code, refusal.body()) from None
             request_body = envelope["request"]
@@ -475,7 +478,7 @@ class _Emulator:
             cached = 0
             if isinstance(session, str) and session:
                 # the share of this prompt that repeats the last one, in its token count
-                prefix = _prompt_prefix(request_body)
+                prefix = await _cpu(size, _prompt_prefix, request_body)
                 common = self.state.cached_tokens((session, email, model.id), prefix)
                 cached = prompt_tokens * common // max(1, prefix.total_tokens)
             plan = content.plan_answer(
@@ -699,6 +702,18 @@ async def _send_cut(send: Send, body: bytes) -> None:
         (b"content-type", b"application/json; charset=UTF-8")]})
     await send({"type": "http.response.body", "body": body[: len(body) // 2],
                 "more_body": True})
+
+
+_OFFLOAD_BYTES = 256 * 1024
+_T = TypeVar("_T")
+
+
+async def _cpu(size: int, work: Callable[..., _T], *args: Any) -> _T:
+    """Pure work on a big request in a worker thread: the emulator serves many streams on
+    one loop (the bench's load, the tests' gateway in the same process)."""
+    if size <= _OFFLOAD_BYTES:
+        return work(*args)
+    return await trio.to_thread.run_sync(work, *args)
 
 
 async def _delay(fault: Fault | None) -> None:

@@ -158,10 +158,11 @@ class CloudCodeClient:
 
     @asynccontextmanager
     async def stream(
-        self, base_url: str, body: dict[str, Any], access_token: str
+        self, base_url: str, body: bytes, access_token: str, *, model: str
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """Open `streamGenerateContent?alt=sse`; yield an iterator of decoded SSE payloads.
 
+        `body` is the JSON already encoded (big ones are encoded off the event loop).
         The status is checked before anything is yielded, so a caller can still fail over on
         a 429 or 5xx. Leaving the context (normally, by error or by cancellation) closes the
         upstream connection at once.
@@ -170,8 +171,8 @@ class CloudCodeClient:
         request = self.http.build_request(
             "POST",
             url,
-            json=body,
-            headers=self._headers(access_token, stream=True, model=str(body.get("model", ""))),
+            content=body,
+            headers=self._headers(access_token, stream=True, model=model),
         )
         try:
             response = await self.http.send(request, stream=True)

@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.dispatch")
 
 Payload = dict[str, Any]
-BuildBody = Callable[[str, ModelInfo], dict[str, Any]]
+# (project, model) -> the encoded upstream body
+BuildBody = Callable[[str, ModelInfo], Awaitable[bytes]]
 
 # A 429 that does not say how long: long enough not to hammer, short enough to recover.
 DEFAULT_COOLDOWN_SECONDS = 60.0
@@ -261,7 +262,7 @@ class Dispatcher:
         if token is None or not account.project_id:
             # Not ready yet (its token or project is still being fetched): others may be.
             raise _Failover("no_token", None)
-        body = build_body(account.project_id, model)
+        body = await build_body(account.project_id, model)
         upstream = self.config.upstream
         urls = upstream.base_urls
         renewed = False
@@ -391,7 +392,7 @@ class Dispatcher:
         account: Account,
         model: ModelInfo,
         base_url: str,
-        body: dict[str, Any],
+        body: bytes,
         token: str,
     ) -> UpstreamStream:
         """Open one stream and read to its first payload with content, within the deadline.
@@ -405,7 +406,7 @@ class Dispatcher:
         try:
             with trio.move_on_after(self.config.upstream.read_timeout_seconds) as deadline:
                 payloads = await attempt.enter_async_context(
-                    self.client.stream(base_url, body, token)
+                    self.client.stream(base_url, body, token, model=model.id)
                 )
                 attempt.push_async_callback(_aclose, payloads)
                 buffered = await _peek(payloads, base_url)

@@ -3,6 +3,7 @@ token renewal, endpoint and model fallback, and what reaches the client when all
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -20,7 +21,7 @@ DEMO2 = "demo2@example.com"
 SONNET = describe_model("claude-sonnet-4-6")
 
 
-def build_body(project: str, model: ModelInfo) -> dict[str, Any]:
+def body_for(project: str, model: ModelInfo) -> dict[str, Any]:
     return {
         "project": project,
         "model": model.id,
@@ -33,6 +34,10 @@ def build_body(project: str, model: ModelInfo) -> dict[str, Any]:
         "requestType": "agent",
         "requestId": "agent-test",
     }
+
+
+async def build_body(project: str, model: ModelInfo) -> bytes:
+    return json.dumps(body_for(project, model)).encode()
 
 
 @attrs.frozen
@@ -447,10 +452,10 @@ async def test_an_answer_that_only_starts_like_the_refusal_is_served(
 ) -> None:
     rig = await make_rig()
 
-    def body(project: str, model: ModelInfo) -> dict[str, Any]:
-        sent = build_body(project, model)
+    async def body(project: str, model: ModelInfo) -> bytes:
+        sent = body_for(project, model)
         sent["request"]["contents"][0]["parts"][0]["text"] = "This version"
-        return sent
+        return json.dumps(sent).encode()
 
     async with rig.dispatcher.open_stream(model=SONNET, sticky_key="x", build_body=body) as up:
         text = _text([p async for p in up.payloads])
