@@ -44,6 +44,10 @@ class ServerConfig:
     # Chat requests served at once; more get 529 (Anthropic) / 503 (OpenAI) at once, so a
     # burst cannot starve /health, /metrics and the requests already running.
     max_concurrent_requests: int = 512
+    # Client connections held at once; one more is answered 503 and closed, so a flood of
+    # slow clients cannot use up the file descriptors (/health keeps answering). 0: what
+    # the open-file limit leaves (about half of it, the other half for upstream calls).
+    max_connections: int = 0
     # What one request may hold (a clear 400 beyond): far above any real conversation, far
     # below what would keep the gateway busy for seconds.
     max_messages: int = 10_000

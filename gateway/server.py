@@ -16,9 +16,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
 
 from gateway.config import Config, ConfigError
+from gateway.edge import connection_limit, install_h2_stream_errors, raise_fd_limit, serve
 
 
 def is_loopback(host: str) -> bool:
@@ -76,8 +76,12 @@ async def serve_gateway(
         def started(self, binds: list[str]) -> None:
             task_status.started(binds[0])
 
+    raise_fd_limit()
+    install_h2_stream_errors()
     await serve(
-        app, hypercorn_config(config), shutdown_trigger=shutdown_trigger,
+        app, hypercorn_config(config),
+        max_connections=connection_limit(config.server.max_connections),
+        shutdown_trigger=shutdown_trigger,
         task_status=_FirstBind(),  # type: ignore[arg-type]
     )
 

@@ -204,3 +204,92 @@ async def test_a_burst_past_the_limit_is_refused_fast_and_health_answers(
     assert over.headers["retry-after"] == "1"
     assert health.status_code == 200
     assert sorted(statuses) == [200, 200, 200]  # the admitted ones finish normally
+
+
+def h2_exchange(port: int, streams: list[tuple[list[tuple[str, str]], bytes]]) -> list[Any]:
+    """Open one h2c connection, send each (headers, body) on its own stream, and return the
+    h2 events the server's answers make, until every stream ended or was reset."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(conn.data_to_send())
+        ids = []
+        for headers, body in streams:
+            stream_id = conn.get_next_available_stream_id()
+            ids.append(stream_id)
+            conn.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                conn.send_data(stream_id, body, end_stream=True)
+            sock.sendall(conn.data_to_send())
+        pending = set(ids)
+        events: list[Any] = []
+        while pending:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                events.append(event)
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    pending.discard(event.stream_id)
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    pending.clear()
+            sock.sendall(conn.data_to_send())
+    return events
+
+
+async def test_one_malformed_h2_stream_is_reset_alone(gateway: RunningGateway) -> None:
+    """A content-length that the DATA does not match is that stream's error (RFC 9113
+    8.1.1), not the connection's: the other streams on it are answered."""
+    import h2.errors
+    import h2.events
+
+    authority = gateway.url.removeprefix("http://")
+    def headers(method: str, path: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+        return [(":method", method), (":path", path), (":scheme", "http"),
+                (":authority", authority), *extra]
+
+    events = await trio.to_thread.run_sync(h2_exchange, _port(gateway), [
+        (headers("POST", "/v1/messages", ("content-type", "application/json"),
+                 ("content-length", "10")), MESSAGE),
+        (headers("GET", "/health"), b""),
+    ])
+    assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+    [reset] = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert reset.stream_id == 1 and reset.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    answered = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert [e.stream_id for e in answered] == [3]
+    assert (b":status", b"200") in answered[0].headers
+
+
+async def test_connections_past_the_limit_get_503_and_the_held_ones_go_on(
+    start_gateway: Any,
+) -> None:
+    gateway = await start_gateway(server={"max_connections": 4})
+    port = _port(gateway)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        await trio.sleep(0.2)  # accepted and counted
+        busy, closed_after = await trio.to_thread.run_sync(
+            exchange, port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert busy.startswith(b"HTTP/1.1 503"), busy[:200]
+        assert b"server.max_connections" in busy and b"retry-after: 1" in busy
+        assert closed_after is not None
+        # a held connection is served as usual (off the loop: the gateway runs on it)
+        def ask(sock: socket.socket) -> bytes:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            sock.settimeout(5)
+            return sock.recv(65536)
+
+        assert (await trio.to_thread.run_sync(ask, held[0])).startswith(b"HTTP/1.1 200")
+        held.pop(0).close()
+        await trio.sleep(0.2)  # its place is free again
+        again, _ = await trio.to_thread.run_sync(
+            exchange, port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert again.startswith(b"HTTP/1.1 200"), again[:200]
+    finally:
+        for sock in held:
+            sock.close()

@@ -1,0 +1,261 @@
+"""The network edge: hypercorn's trio worker, with the guards the gateway needs in front.
+
+Everything here leans on hypercorn and h2 internals, so it lives in this one module, the
+tested version ranges are pinned in pyproject.toml, and tests/test_edge_contract.py fails if
+the pieces it uses change shape.
+
+* `serve` runs hypercorn's per-connection server (`TCPServer`) and lifespan exactly as
+  `hypercorn.trio.serve` does, but on `GuardedListener`s: at most `max_connections` client
+  connections at a time (one past that is answered `503` and closed at once, so file
+  descriptors never run out under a flood of slow clients and /health keeps answering), and
+  running out of descriptors anyway (EMFILE) is logged once per episode, not ten times a
+  second with a traceback as trio's own loop does.
+* `install_h2_stream_errors` makes a request whose DATA does not add up to its
+  content-length a stream error (RST_STREAM PROTOCOL_ERROR), as RFC 9113 8.1.1 says, where
+  h2 made it a connection error (GOAWAY) that killed every other stream of the connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+__all__ = ["GuardedListener", "install_h2_stream_errors", "raise_fd_limit", "serve"]
+
+log = logging.getLogger("gateway.edge")
+
+_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# A connection past the limit is told so in a body both SDKs read as an error.
+_BUSY_BODY = (
+    b'{"type":"error","error":{"type":"overloaded_error","code":"overloaded","param":null,'
+    b'"message":"the gateway is at its connection limit (server.max_connections); retry '
+    b'shortly"},"status":"overloaded"}'
+)
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
+    + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+_MAX_REFUSING = 64  # refusals being written at once; beyond, a connection is just closed
+_REFUSE_SECONDS = 1.0
+
+
+def raise_fd_limit(wanted: int = 65_536) -> int:
+    """Lift the soft open-file limit towards the hard one; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_limit(configured: int) -> int:
+    """`server.max_connections`, or (0) what the open-file limit leaves: each client
+    connection may hold an upstream one too, and some descriptors are for everything else."""
+    if configured > 0:
+        return configured
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, min(20_000, (soft - 256) // 2))
+
+
+class _Counted(trio.abc.HalfCloseableStream):
+    """A client connection that gives its place back when closed."""
+
+    def __init__(self, inner: trio.SocketStream, listener: GuardedListener) -> None:
+        self._inner = inner
+        self._listener = listener
+        self._counted = True
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._inner.socket  # hypercorn reads the peer and local addresses here
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self._inner.send_eof()
+
+    async def aclose(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._listener.open_connections -= 1
+        await self._inner.aclose()
+
+
+class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
+    """A socket listener that admits at most `limit` connections at a time."""
+
+    def __init__(self, inner: trio.SocketListener, limit: int, nursery: trio.Nursery) -> None:
+        self._inner = inner
+        self.limit = limit
+        self.open_connections = 0
+        self.refused = 0
+        self._nursery = nursery
+        self._refusing = 0
+        self._starved = False  # out of descriptors, and said so
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._inner.socket
+
+    async def accept(self) -> trio.abc.Stream:
+        while True:
+            try:
+                stream = await self._inner.accept()
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_FDS:
+                    raise
+                if not self._starved:
+                    self._starved = True
+                    log.warning(
+                        "out of file descriptors (%s): new connections wait; raise the "
+                        "open-file limit (ulimit -n) or lower server.max_connections",
+                        errno.errorcode.get(exc.errno or 0, exc.errno),
+                    )
+                await trio.sleep(0.1)
+                continue
+            if self._starved:
+                self._starved = False
+                log.info("file descriptors available again")
+            if self.open_connections >= self.limit:
+                self.refused += 1
+                self._refuse(stream)
+                continue
+            self.open_connections += 1
+            return _Counted(stream, self)
+
+    def _refuse(self, stream: trio.SocketStream) -> None:
+        if self._refusing >= _MAX_REFUSING:
+            stream.socket.close()  # already writing enough refusals: just hang up
+            return
+        self._refusing += 1
+        self._nursery.start_soon(self._answer_busy, stream)
+
+    async def _answer_busy(self, stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(_REFUSE_SECONDS):
+                await stream.send_all(_BUSY)
+                # Half-close, then read what the client sent until it closes: closing with
+                # its request unread would reset the connection, and the reset can reach
+                # the client before the answer does.
+                await stream.send_eof()
+                while await stream.receive_some(4096):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def serve(
+    app: Any,
+    hyper: HyperConfig,
+    *,
+    max_connections: int,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    on_listening: Callable[[list[GuardedListener]], None] | None = None,
+) -> None:
+    """Serve the ASGI `app` as hypercorn's trio worker does, on guarded listeners (plain
+    HTTP/1.1 and h2c: the gateway terminates no TLS). Returns after a graceful shutdown."""
+    wrapped = wrap_app(app, hyper.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, hyper, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sockets = hyper.create_sockets()
+            listeners: list[GuardedListener] = []
+            binds: list[str] = []
+            for sock in sockets.insecure_sockets:
+                sock.listen(hyper.backlog)
+                listeners.append(GuardedListener(
+                    trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
+                    max_connections, server_nursery,
+                ))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            if on_listening is not None:
+                on_listening(listeners)
+            task_status.started(binds)
+            handler = partial(TCPServer, wrapped, hyper, context,
+                              ConnectionState(lifespan_state.copy()))
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    if shutdown_trigger is not None:
+                        nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(partial(
+                        trio.serve_listeners, handler, listeners,
+                        handler_nursery=server_nursery,
+                    ))
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as group:
+                _, others = group.split((ShutdownError, KeyboardInterrupt))
+                if others is not None:
+                    raise others from None
+            finally:
+                await context.terminated.set()
+                # in-flight connections get the grace period, then are cancelled
+                server_nursery.cancel_scope.deadline = trio.current_time() + hyper.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+_original_receive_data_frame = h2.connection.H2Connection._receive_data_frame
+
+
+def _receive_data_frame(self: h2.connection.H2Connection, frame: Any) -> Any:
+    try:
+        return _original_receive_data_frame(self, frame)
+    except h2.exceptions.InvalidBodyLengthError:
+        if self.config.client_side:
+            raise
+        # one malformed request: reset its stream (and free the connection window its bytes
+        # took), the connection and its other streams go on
+        stream_id = frame.stream_id
+        self.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self.acknowledge_received_data(frame.flow_controlled_length, stream_id)
+        reset = h2.events.StreamReset(
+            stream_id=stream_id, error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR,
+            remote_reset=False,
+        )
+        return [], [reset]
+
+
+def install_h2_stream_errors() -> None:
+    """Make content-length mismatches stream errors in every h2 server connection of this
+    process (idempotent)."""
+    h2.connection.H2Connection._receive_data_frame = _receive_data_frame  # type: ignore[method-assign]
