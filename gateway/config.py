@@ -45,9 +45,12 @@ class ServerConfig:
     # burst cannot starve /health, /metrics and the requests already running.
     max_concurrent_requests: int = 512
     # Client connections held at once; one more is answered 503 and closed, so a flood of
-    # slow clients cannot use up the file descriptors (/health keeps answering). 0: what
-    # the open-file limit leaves (about half of it, the other half for upstream calls).
+    # slow clients cannot use up the file descriptors. 0: what the open-file limit leaves
+    # (about half of it, the other half for upstream calls).
     max_connections: int = 0
+    # Places past max_connections for GET /health and /metrics (one answer each, then
+    # closed), so a load balancer's probe is answered through a flood.
+    probe_connections: int = 16
     # What one request may hold (a clear 400 beyond): far above any real conversation, far
     # below what would keep the gateway busy for seconds.
     max_messages: int = 10_000
@@ -60,6 +63,9 @@ class ServerConfig:
     # A request body not complete this long after its headers is answered 408 (and the
     # connection closed): a client that never finishes must not hold a connection.
     body_timeout_seconds: float = 60.0
+    # A connection with no request in flight (idle keep-alive, or a request head still
+    # arriving, however slowly) is closed this long after its last answer or its opening.
+    idle_timeout_seconds: float = 75.0
     # In-flight streams get this long to finish on SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = 10.0
     # Idle SSE streams get a keep-alive (Anthropic `ping`, OpenAI SSE comment) this often.
@@ -185,6 +191,7 @@ _POSITIVE = {
     "server.max_body_bytes",
     "server.keepalive_seconds",
     "server.body_timeout_seconds",
+    "server.idle_timeout_seconds",
     "server.max_concurrent_requests",
     "server.max_messages",
     "server.max_content_blocks",
@@ -202,6 +209,8 @@ _POSITIVE = {
 
 
 _NON_NEGATIVE = {
+    "server.max_connections",
+    "server.probe_connections",
     "upstream.max_retries",
     "upstream.retry_backoff_seconds",
     "upstream.capacity_retries",

@@ -6,9 +6,11 @@ the pieces it uses change shape.
 
 * `serve` runs hypercorn's per-connection server (`TCPServer`) and lifespan exactly as
   `hypercorn.trio.serve` does, but on `GuardedListener`s: at most `max_connections` client
-  connections at a time (one past that is answered `503` and closed at once, so file
-  descriptors never run out under a flood of slow clients and /health keeps answering), and
-  running out of descriptors anyway (EMFILE) is logged once per episode, not ten times a
+  connections at a time. One past that has its request head read (for at most a second): a
+  `GET /health` or `/metrics` is served on one of `reserve` extra places (and closed after
+  its answer), anything else is answered `503` and closed, so file descriptors never run
+  out under a flood of slow clients and a load balancer's probe still gets its answer.
+  Running out of descriptors anyway (EMFILE) is logged once per episode, not ten times a
   second with a traceback as trio's own loop does.
 * `install_h2_stream_errors` makes a request whose DATA does not add up to its
   content-length a stream error (RST_STREAM PROTOCOL_ERROR), as RFC 9113 8.1.1 says, where
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import resource
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -52,8 +55,12 @@ _BUSY = (
     b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
     + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
 )
-_MAX_REFUSING = 64  # refusals being written at once; beyond, a connection is just closed
-_REFUSE_SECONDS = 1.0
+_MAX_TRIAGE = 64  # connections past the limit being read or answered at once; a newer one
+# takes the place of the oldest, so a flood cannot keep a probe from being read
+_HEAD_SECONDS = 1.0  # for the request head of a connection past the limit
+_HEAD_BYTES = 8192
+_DRAIN_SECONDS = 0.5  # after the 503, for the client to read it and hang up
+_PROBE = re.compile(rb"(?:GET|HEAD) /(?:health|metrics)(?:[?][^ ]*)? HTTP/1\.[01]\r\n")
 
 
 def raise_fd_limit(wanted: int = 65_536) -> int:
@@ -79,12 +86,18 @@ def connection_limit(configured: int) -> int:
 
 
 class _Counted(trio.abc.HalfCloseableStream):
-    """A client connection that gives its place back when closed."""
+    """A client connection that gives its place back when closed; `head` is what was read
+    of it already (a probe's request head), handed to hypercorn first."""
 
-    def __init__(self, inner: trio.SocketStream, listener: GuardedListener) -> None:
+    def __init__(
+        self, inner: trio.SocketStream, listener: GuardedListener, *,
+        head: bytes = b"", reserved: bool = False,
+    ) -> None:
         self._inner = inner
         self._listener = listener
         self._counted = True
+        self._head = head
+        self._reserved = reserved
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -97,6 +110,11 @@ class _Counted(trio.abc.HalfCloseableStream):
         await self._inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._head:
+            await trio.lowlevel.checkpoint()
+            cut = len(self._head) if max_bytes is None else max_bytes
+            data, self._head = self._head[:cut], self._head[cut:]
+            return data
         return await self._inner.receive_some(max_bytes)
 
     async def send_eof(self) -> None:
@@ -105,20 +123,32 @@ class _Counted(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         if self._counted:
             self._counted = False
-            self._listener.open_connections -= 1
+            if self._reserved:
+                self._listener.probe_connections -= 1
+            else:
+                self._listener.open_connections -= 1
         await self._inner.aclose()
 
 
 class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
-    """A socket listener that admits at most `limit` connections at a time."""
+    """A socket listener that admits at most `limit` connections at a time, and `reserve`
+    more for health probes."""
 
-    def __init__(self, inner: trio.SocketListener, limit: int, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, inner: trio.SocketListener, limit: int, nursery: trio.Nursery, *,
+        reserve: int = 16,
+    ) -> None:
         self._inner = inner
         self.limit = limit
+        self.reserve = reserve
         self.open_connections = 0
+        self.probe_connections = 0
         self.refused = 0
+        # serves a probe admitted on a reserved place (set by `serve`: hypercorn's handler)
+        self.handler: Callable[[trio.abc.Stream], Awaitable[None]] | None = None
         self._nursery = nursery
-        self._refusing = 0
+        self._triage: dict[int, trio.CancelScope] = {}  # oldest first
+        self._triage_ids = 0
         self._starved = False  # out of descriptors, and said so
 
     @property
@@ -145,33 +175,63 @@ class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
                 self._starved = False
                 log.info("file descriptors available again")
             if self.open_connections >= self.limit:
-                self.refused += 1
-                self._refuse(stream)
+                self._past_limit(stream)
                 continue
             self.open_connections += 1
             return _Counted(stream, self)
 
-    def _refuse(self, stream: trio.SocketStream) -> None:
-        if self._refusing >= _MAX_REFUSING:
-            stream.socket.close()  # already writing enough refusals: just hang up
-            return
-        self._refusing += 1
-        self._nursery.start_soon(self._answer_busy, stream)
+    def _past_limit(self, stream: trio.SocketStream) -> None:
+        if len(self._triage) >= _MAX_TRIAGE:
+            oldest = next(iter(self._triage))
+            self._triage.pop(oldest).cancel()  # it has had its answer, or its second
+        self._triage_ids += 1
+        scope = trio.CancelScope()
+        self._triage[self._triage_ids] = scope
+        self._nursery.start_soon(self._sort_out, stream, self._triage_ids, scope)
 
-    async def _answer_busy(self, stream: trio.SocketStream) -> None:
+    async def _sort_out(self, stream: trio.SocketStream, key: int, scope: trio.CancelScope) -> None:
+        """Serve a probe on a reserved place, answer anything else 503."""
+        handed = False
         try:
-            with trio.move_on_after(_REFUSE_SECONDS):
-                await stream.send_all(_BUSY)
-                # Half-close, then read what the client sent until it closes: closing with
-                # its request unread would reset the connection, and the reset can reach
-                # the client before the answer does.
-                await stream.send_eof()
-                while await stream.receive_some(4096):
-                    pass
+            with scope:
+                head = b""
+                with trio.move_on_after(_HEAD_SECONDS):
+                    while b"\r\n\r\n" not in head and len(head) < _HEAD_BYTES:
+                        chunk = await stream.receive_some(4096)
+                        if not chunk:
+                            break
+                        head += chunk
+                if (self.handler is not None and self.probe_connections < self.reserve
+                        and _PROBE.match(head) and b"\r\n\r\n" in head):
+                    # one answer, then the place is free again
+                    end = head.index(b"\r\n\r\n")
+                    head = head[:end] + b"\r\nconnection: close" + head[end:]
+                    self.probe_connections += 1
+                    self._nursery.start_soon(
+                        self._serve_probe, _Counted(stream, self, head=head, reserved=True))
+                    handed = True
+                    return
+                self.refused += 1
+                with trio.move_on_after(_DRAIN_SECONDS):
+                    await stream.send_all(_BUSY)
+                    # Half-close, then read what the client sent until it closes: closing
+                    # with its request unread would reset the connection, and the reset can
+                    # reach the client before the answer does.
+                    await stream.send_eof()
+                    while await stream.receive_some(4096):
+                        pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self._refusing -= 1
+            self._triage.pop(key, None)
+            if not handed:
+                await trio.aclose_forcefully(stream)
+
+    async def _serve_probe(self, stream: _Counted) -> None:
+        assert self.handler is not None
+        try:
+            await self.handler(stream)  # hypercorn's TCPServer is awaitable, not a coroutine
+        finally:
             await trio.aclose_forcefully(stream)
 
     async def aclose(self) -> None:
@@ -183,6 +243,7 @@ async def serve(
     hyper: HyperConfig,
     *,
     max_connections: int,
+    probe_connections: int = 16,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     on_listening: Callable[[list[GuardedListener]], None] | None = None,
@@ -204,7 +265,7 @@ async def serve(
                 sock.listen(hyper.backlog)
                 listeners.append(GuardedListener(
                     trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
-                    max_connections, server_nursery,
+                    max_connections, server_nursery, reserve=probe_connections,
                 ))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
             if on_listening is not None:
@@ -212,6 +273,8 @@ async def serve(
             task_status.started(binds)
             handler = partial(TCPServer, wrapped, hyper, context,
                               ConnectionState(lifespan_state.copy()))
+            for listener in listeners:
+                listener.handler = handler
             try:
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     if shutdown_trigger is not None:

@@ -56,7 +56,9 @@ def hypercorn_config(config: Config) -> HyperConfig:
     hyper.graceful_timeout = config.server.shutdown_grace_seconds
     hyper.accesslog = None  # the gateway writes its own structured line per request
     hyper.errorlog = logging.getLogger("hypercorn.error")
-    hyper.keep_alive_timeout = 75  # longer than common proxy idle timeouts
+    # 75 s by default: longer than common proxy idle timeouts. It is the header deadline
+    # too: hypercorn's idle timer only stops once a whole request head has arrived.
+    hyper.keep_alive_timeout = config.server.idle_timeout_seconds
     hyper.h2_max_concurrent_streams = 256
     hyper.backlog = 2048  # bursts of new connections must not be refused (default 100)
     return hyper
@@ -81,6 +83,7 @@ async def serve_gateway(
     await serve(
         app, hypercorn_config(config),
         max_connections=connection_limit(config.server.max_connections),
+        probe_connections=config.server.probe_connections,
         shutdown_trigger=shutdown_trigger,
         task_status=_FirstBind(),  # type: ignore[arg-type]
     )

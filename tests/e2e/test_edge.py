@@ -82,6 +82,37 @@ async def test_bodies_that_never_finish_get_408_and_the_connection_closes(
     assert closed_after is not None and closed_after < 3  # not held open after the 408
 
 
+async def test_a_request_head_that_trickles_in_is_cut_off_at_the_idle_deadline(
+    start_gateway: Any,
+) -> None:
+    """Slowloris on the head: one header byte every 0.2 s must not hold the connection past
+    server.idle_timeout_seconds, however long the trickle goes on."""
+    gateway = await start_gateway(server={"idle_timeout_seconds": 1.0})
+
+    def trickle(port: int) -> float | None:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            start = time.monotonic()
+            try:
+                for _ in range(40):  # 8 s of trickle
+                    conn.sendall(b"X")
+                    time.sleep(0.2)
+                    conn.setblocking(False)
+                    try:
+                        if conn.recv(65536) == b"":
+                            return time.monotonic() - start
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        conn.setblocking(True)
+            except OSError:
+                return time.monotonic() - start
+        return None
+
+    closed_after = await trio.to_thread.run_sync(trickle, _port(gateway))
+    assert closed_after is not None and closed_after < 4
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -274,10 +305,21 @@ async def test_connections_past_the_limit_get_503_and_the_held_ones_go_on(
     try:
         await trio.sleep(0.2)  # accepted and counted
         busy, closed_after = await trio.to_thread.run_sync(
-            exchange, port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            exchange, port, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert busy.startswith(b"HTTP/1.1 503"), busy[:200]
         assert b"server.max_connections" in busy and b"retry-after: 1" in busy
         assert closed_after is not None
+        # a health probe past the limit is still answered, on a reserved place, and closed
+        for path in (b"/health", b"/metrics", b"/health?format=json"):
+            probe, closed_after = await trio.to_thread.run_sync(
+                exchange, port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert probe.startswith(b"HTTP/1.1 200"), probe[:200]
+            assert closed_after is not None
+        # ... but only a probe: a chat request on one gets the 503 too
+        chat, _ = await trio.to_thread.run_sync(
+            exchange, port, b"POST /health/../v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"content-length: 2\r\n\r\n{}")
+        assert chat.startswith(b"HTTP/1.1 503"), chat[:200]
         # a held connection is served as usual (off the loop: the gateway runs on it)
         def ask(sock: socket.socket) -> bytes:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -293,3 +335,62 @@ async def test_connections_past_the_limit_get_503_and_the_held_ones_go_on(
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_flood_of_stuck_clients_under_a_low_fd_limit_leaves_health_answering(
+    tmp_path: Any,
+) -> None:
+    """1,100 clients that never finish their body, 1,024 descriptors (here 300 and 256): the
+    gateway must keep answering /health at once and not spin on EMFILE."""
+    import os
+    import re
+    import resource
+    import subprocess
+    import sys
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, preexec_fn=low_limit)
+    stuck: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        url = None
+        for _ in range(60):
+            line = proc.stdout.readline()
+            found = re.search(r"base URL \(Anthropic\):\s+http://127\.0\.0\.1:(\d+)", line)
+            if found:
+                url = int(found.group(1))
+                break
+        assert url, "demo did not start"
+        port = url
+        for _ in range(300):
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=2)
+                conn.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+                stuck.append(conn)
+            except OSError:
+                break
+        started = time.monotonic()
+        answer, _ = exchange(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   b"Connection: close\r\n\r\n", 5.0)
+        assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")), answer[:200]
+        assert time.monotonic() - started < 3
+        for conn in stuck:
+            conn.close()
+        stuck.clear()
+        time.sleep(0.5)
+        answer, _ = exchange(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   b"Connection: close\r\n\r\n", 5.0)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    finally:
+        for conn in stuck:
+            conn.close()
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert output.count("out of file descriptors") <= 1
+    assert "Traceback" not in output
