@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,6 +32,7 @@ from gateway.accounts.supervisor import Supervisor
 from gateway.api import admin
 from gateway.api import anthropic as anthropic_api
 from gateway.api import openai as openai_api
+from gateway.api import responses as responses_api
 from gateway.api.chat import (
     Dialect,
     Receive,
@@ -42,10 +44,12 @@ from gateway.api.chat import (
     loggable,
     send_json,
 )
-from gateway.config import Config, ServerConfig
+from gateway.config import Config, ConfigError, ServerConfig
 from gateway.metrics import Metrics
+from gateway.sealing import Sealer, load_or_create_secret
 from gateway.server import is_loopback
 from gateway.signatures import SignatureCache
+from gateway.state.responses import MemoryResponseStore, ResponseStore
 from gateway.translate.models import FALLBACK, Catalogue, ModelInfo
 from gateway.upstream.client import CloudCodeClient, make_http_client
 from gateway.upstream.dispatch import Dispatcher
@@ -67,6 +71,8 @@ class Services:
     dispatcher: Dispatcher
     signatures: SignatureCache
     metrics: Metrics
+    responses: ResponseStore
+    sealer: Sealer
     demo: bool = False
 
     def catalogue(self) -> Catalogue:
@@ -114,6 +120,7 @@ async def build_services(
             for model, seconds in entry.cooldowns.items()
         }
     )
+    responses = config.responses
     return Services(
         config=config,
         clock=clock,
@@ -125,8 +132,26 @@ async def build_services(
         dispatcher=dispatcher,
         signatures=SignatureCache(clock=clock),
         metrics=metrics,
+        responses=MemoryResponseStore(
+            max_responses=responses.store_max_responses, max_bytes=responses.store_max_bytes,
+            ttl_seconds=responses.store_ttl_seconds, clock=clock,
+        ),
+        sealer=Sealer(await _sealing_key(config)),
         demo=demo,
     )
+
+
+async def _sealing_key(config: Config) -> bytes:
+    path = Path(config.responses.key_file or Path(config.accounts.file).parent / "responses.key")
+    try:
+        return await trio.to_thread.run_sync(load_or_create_secret, path)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'responses.key_file': {exc}") from None
+    except OSError as exc:
+        log.warning("the sealing key %s cannot be read or written (%s): using one for this "
+                    "run only, so reasoning sealed now cannot be opened after a restart",
+                    path, exc.strerror or type(exc).__name__)
+        return secrets.token_bytes(32)
 
 
 def _dialect_for(path: str, anthropic_client: bool = False) -> Dialect:
@@ -139,7 +164,10 @@ def _dialect_for(path: str, anthropic_client: bool = False) -> Dialect:
 
 _ANTHROPIC = anthropic_api.AnthropicDialect()
 _OPENAI = openai_api.OpenAIDialect()
-_CHAT_ROUTES: dict[str, Dialect] = {"/v1/messages": _ANTHROPIC, "/v1/chat/completions": _OPENAI}
+_RESPONSES = responses_api.ResponsesDialect()
+_CHAT_ROUTES: dict[str, Dialect] = {
+    "/v1/messages": _ANTHROPIC, "/v1/chat/completions": _OPENAI, "/v1/responses": _RESPONSES,
+}
 _OPEN_PATHS = frozenset({"/health"})
 
 
@@ -270,7 +298,10 @@ class _Framing(errors.InvalidRequest):
         return {**super().headers(), "connection": "close"}
 
 
-_JSON_ROUTES = frozenset({"/v1/messages", "/v1/chat/completions", "/v1/messages/count_tokens"})
+_JSON_ROUTES = frozenset({
+    "/v1/messages", "/v1/chat/completions", "/v1/messages/count_tokens", "/v1/responses",
+    "/v1/responses/input_tokens",
+})
 
 
 def _has_body(scope: Scope) -> bool:
@@ -413,6 +444,7 @@ def create_app(
     )
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(anthropic_api.blueprint)
+    app.register_blueprint(responses_api.blueprint)
     supervisor_scope = trio.CancelScope()
 
     @app.before_serving

@@ -161,6 +161,18 @@ class ModelsConfig:
 
 
 @attrs.frozen(slots=True)
+class ResponsesConfig:
+    # Stored responses (store: true, the Responses API's default), for previous_response_id
+    # and GET /v1/responses/{id}: kept in memory, least recently used out first.
+    store_max_responses: int = 10_000
+    store_max_bytes: int = 256 * 1024 * 1024
+    store_ttl_seconds: float = 24 * 3600.0
+    # The key that seals thoughts into reasoning items (encrypted_content); made on first
+    # use. Empty: "responses.key" beside accounts.file. Replicas must share one.
+    key_file: str = ""
+
+
+@attrs.frozen(slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -168,6 +180,7 @@ class Config:
     accounts: AccountsConfig = AccountsConfig()
     images: ImagesConfig = ImagesConfig()
     models: ModelsConfig = ModelsConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -176,6 +189,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "oauth": OAuthConfig,
     "accounts": AccountsConfig,
     "images": ImagesConfig,
+    "responses": ResponsesConfig,
     "models": ModelsConfig,
 }
 
@@ -205,6 +219,9 @@ _POSITIVE = {
     "images.max_count",
     "images.max_total_bytes",
     "images.timeout_seconds",
+    "responses.store_max_responses",
+    "responses.store_max_bytes",
+    "responses.store_ttl_seconds",
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from gateway.accounts.model import SCHEMA_VERSION, Account
+from gateway.files import fsync_directory
 
 AccountsChange = Callable[[list[Account]], list[Account]]
 
@@ -183,7 +184,7 @@ class AccountStore:
                 reason = exc.strerror or type(exc).__name__
                 raise self._error(f"cannot be written ({reason})") from exc
             raise
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
     def _write_all(self, fd: int, data: bytes) -> None:
         """Write all of `data` to `fd`. A seam for tests that simulate a failed write."""
@@ -242,17 +243,3 @@ class AccountStore:
 
     async def aremove(self, email: str) -> bool:
         return await trio.to_thread.run_sync(self.remove, email)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable. Not every platform can open a directory (Windows): skip there."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(directory, flags)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -72,7 +72,7 @@ class AnthropicDialect:
         )
         return _Renderer(encoder)
 
-    def render(
+    async def render(
         self, prepared: PreparedChat, response: c.ChatResponse, response_id: str
     ) -> dict[str, Any]:
         return wire.render_message(response, context_management=_context_management(prepared))
@@ -106,6 +106,9 @@ class _Renderer:
 
     def close(self) -> bytes:
         return b""
+
+    async def finish(self) -> None:
+        pass
 
 
 blueprint = Blueprint("anthropic", __name__)

@@ -57,6 +57,7 @@ class PreparedChat:
     include_usage: bool = False  # OpenAI stream_options.include_usage
     context_edits: tuple[AppliedEdit, ...] = ()  # Anthropic context_management that acted
     offload: bool = False  # big: translate and encode it in a worker thread
+    face: Any = None  # what the dialect keeps for rendering (Responses: its parsed request)
 
 
 class StreamRenderer(Protocol):
@@ -65,6 +66,8 @@ class StreamRenderer(Protocol):
     def keepalive(self) -> bytes: ...
     def error(self, err: errors.GatewayError) -> bytes: ...
     def close(self) -> bytes: ...
+    async def finish(self) -> None:
+        """The whole answer is written (Responses: store it)."""
 
 
 class Dialect(Protocol):
@@ -76,7 +79,7 @@ class Dialect(Protocol):
     ) -> PreparedChat: ...
     def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]: ...
     def stream_renderer(self, prepared: PreparedChat, response_id: str) -> StreamRenderer: ...
-    def render(
+    async def render(
         self, prepared: PreparedChat, response: c.ChatResponse, response_id: str
     ) -> dict[str, Any]: ...
     def new_response_id(self) -> str: ...
@@ -234,12 +237,16 @@ def check_limits(body: Any, server: ServerConfig) -> None:
     messages, content blocks, tools (each limit a config key)."""
     if not isinstance(body, dict):
         return
-    messages = body.get("messages")
+    # Chat and Messages bodies hold `messages`; Responses bodies hold `input` items, whose
+    # parts (and tool outputs) count as content blocks.
+    field = "messages" if "messages" in body else "input"
+    messages = body.get(field)
     if isinstance(messages, list):
         if len(messages) > server.max_messages:
             raise errors.InvalidRequest(
-                f"messages: {len(messages)} messages are more than this gateway takes in one "
-                f"request (server.max_messages = {server.max_messages})", param="messages")
+                f"{field}: {len(messages)} {'messages' if field == 'messages' else 'items'} "
+                "are more than this gateway takes in one request "
+                f"(server.max_messages = {server.max_messages})", param=field)
         blocks = 0
         for message in messages:
             content = message.get("content") if isinstance(message, dict) else None
@@ -249,14 +256,17 @@ def check_limits(body: Any, server: ServerConfig) -> None:
                     inner = block.get("content") if isinstance(block, dict) else None
                     if isinstance(inner, list):
                         blocks += len(inner)  # tool results hold blocks of their own
+            output = message.get("output") if isinstance(message, dict) else None
+            if isinstance(output, list):
+                blocks += len(output)
             calls = message.get("tool_calls") if isinstance(message, dict) else None
             if isinstance(calls, list):
                 blocks += len(calls)
         if blocks > server.max_content_blocks:
             raise errors.InvalidRequest(
-                f"messages: {blocks} content blocks are more than this gateway takes in one "
+                f"{field}: {blocks} content blocks are more than this gateway takes in one "
                 f"request (server.max_content_blocks = {server.max_content_blocks})",
-                param="messages")
+                param=field)
     tools = body.get("tools")
     if isinstance(tools, list) and len(tools) > server.max_tools:
         raise errors.InvalidRequest(
@@ -598,7 +608,7 @@ async def _write_unary(
     _track(outcome, collected)
     response_id = dialect.new_response_id()
     response = c.collect(collected, response_id=response_id, model=prepared.request.model)
-    await send_json(send, 200, dialect.render(prepared, response, response_id))
+    await send_json(send, 200, await dialect.render(prepared, response, response_id))
 
 
 async def _write_stream(
@@ -662,13 +672,16 @@ async def _write_stream(
                 await commit()
             _track(outcome, item)
             chunk = renderer.events(item)
-            if any(isinstance(e, c.MessageEnd) for e in item):
+            ended = any(isinstance(e, c.MessageEnd) for e in item)
+            if ended:
                 chunk += renderer.close()
                 # the client has its whole answer once this is written; if it hangs up
                 # before the final empty frame, that is not a disconnect mid-answer
                 outcome.finished = True
             if chunk:
                 await _body(send, chunk)
+            if ended:
+                await renderer.finish()
     if not committed:  # pump ended without a word: cannot happen, but never hang the client
         await send_error(send, dialect, errors.UpstreamError("upstream ended without answer"))
         return

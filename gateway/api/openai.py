@@ -60,7 +60,7 @@ class OpenAIDialect:
             )
         )
 
-    def render(
+    async def render(
         self, prepared: PreparedChat, response: c.ChatResponse, response_id: str
     ) -> dict[str, Any]:
         return wire.render_completion(
@@ -87,3 +87,6 @@ class _Renderer:
 
     def close(self) -> bytes:
         return encode_event(self.encoder.done())
+
+    async def finish(self) -> None:
+        pass

@@ -471,10 +471,15 @@ class Plan:
     usage: JSONDict
 
 
+# A part that is one tagged element and nothing else: Claude Code's <system-reminder>
+# blocks, Codex's <environment_context>, system messages the gateway places in a user turn.
+_HARNESS_PART = re.compile(r"\s*<([a-z][a-z0-9_-]*)\b[^>]*>.*</\1>\s*", re.DOTALL)
+
+
 def _is_reminder(text: str) -> bool:
-    """Harness text (Claude Code's <system-reminder> blocks, system messages the gateway
-    places in a user turn): the emulated model reads the user's own words, not these."""
-    return text.lstrip().startswith("<system-reminder>")
+    """Harness text a client puts in a user turn: the emulated model reads the user's own
+    words, not these."""
+    return text.lstrip().startswith("<system-reminder>") or bool(_HARNESS_PART.fullmatch(text))
 
 
 def _user_words(parts: Sequence[Mapping[str, Any]]) -> str:

@@ -53,11 +53,17 @@ __all__ = [
     "REASONING_BUDGETS",
     "OpenAIStreamEncoder",
     "finish_reason",
+    "image_block",
     "image_urls_to_fetch",
+    "number",
+    "optional_bool",
+    "parse_arguments",
     "parse_chat_request",
+    "positive_int",
     "render_completion",
     "render_usage",
     "stream_include_usage",
+    "thinking_for_effort",
 ]
 
 # The largest output cap of any served model; the Cloud Code translator lowers it per model.
@@ -74,7 +80,7 @@ REASONING_BUDGETS: Mapping[str, int] = {
 
 MAX_STOP_SEQUENCES = 16
 
-_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _IMAGE_TYPES = frozenset(
     {"image/png", "image/jpeg", "image/gif", "image/webp", "image/heic", "image/heif"}
 )
@@ -83,7 +89,7 @@ _TOOL_CHOICE_MODES: Mapping[str, Literal["auto", "none", "any"]] = {
     "none": "none",
     "required": "any",
 }
-_REMOTE_REFUSED = (
+REMOTE_REFUSED = (
     "remote image URLs are not fetched by this gateway: send the image as a data: URL "
     "(or enable images.allow_remote_fetch)"
 )
@@ -103,7 +109,7 @@ def _invalid(message: str, param: str | None) -> errors.InvalidRequest:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_http_url(url: str) -> bool:
+def is_http_url(url: str) -> bool:
     scheme = url.split(":", 1)[0].strip().lower() if ":" in url else ""
     return scheme in ("http", "https")
 
@@ -135,7 +141,7 @@ def image_urls_to_fetch(body: Any) -> list[str]:
         for part in content:
             if isinstance(part, Mapping) and part.get("type") == "image_url":
                 url = _image_url_of(part)
-                if isinstance(url, str) and _is_http_url(url):
+                if isinstance(url, str) and is_http_url(url):
                     urls.append(url.strip())
     return list(dict.fromkeys(urls))
 
@@ -170,15 +176,15 @@ def parse_chat_request(
         messages=messages,
         max_tokens=_max_tokens(body),
         system=system,
-        temperature=_number(body, "temperature", 0.0, 2.0),
-        top_p=_number(body, "top_p", 0.0, 1.0),
-        top_k=_positive_int(body, "top_k"),
+        temperature=number(body, "temperature", 0.0, 2.0),
+        top_p=number(body, "top_p", 0.0, 1.0),
+        top_k=positive_int(body, "top_k"),
         stop_sequences=_stop(body.get("stop")),
         tools=tools,
         tool_choice=_tool_choice(body, tools),
-        thinking=_thinking(body.get("reasoning_effort")),
+        thinking=thinking_for_effort(body.get("reasoning_effort")),
         response_format=_response_format(body.get("response_format")),
-        stream=_optional_bool(body, "stream") or False,
+        stream=optional_bool(body, "stream") or False,
     )
 
 
@@ -186,12 +192,12 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     n = body.get("n")
     if n is not None and (type(n) is not int or n != 1):
         raise _invalid("n must be 1: this gateway returns one choice per request", "n")
-    if _optional_bool(body, "logprobs"):
+    if optional_bool(body, "logprobs"):
         raise _invalid("logprobs are not supported by this gateway", "logprobs")
     for legacy in ("functions", "function_call"):
         if body.get(legacy) is not None:
             raise _invalid(_LEGACY_FUNCTIONS, legacy)
-    _optional_bool(body, "parallel_tool_calls")
+    optional_bool(body, "parallel_tool_calls")
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, Mapping):
@@ -203,14 +209,14 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
             )
 
 
-def _optional_bool(body: Mapping[str, Any], key: str) -> bool | None:
+def optional_bool(body: Mapping[str, Any], key: str) -> bool | None:
     value = body.get(key)
     if value is not None and not isinstance(value, bool):
         raise _invalid(f"{key} must be a boolean", key)
     return value
 
 
-def _number(body: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
+def number(body: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
     value = body.get(key)
     if value is None:
         return None
@@ -222,7 +228,7 @@ def _number(body: Mapping[str, Any], key: str, low: float, high: float) -> float
     return float(value)
 
 
-def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
+def positive_int(body: Mapping[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -232,8 +238,8 @@ def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int:
-    preferred = _positive_int(body, "max_completion_tokens")
-    legacy = _positive_int(body, "max_tokens")
+    preferred = positive_int(body, "max_completion_tokens")
+    legacy = positive_int(body, "max_tokens")
     if preferred is not None:
         return preferred
     return legacy if legacy is not None else DEFAULT_MAX_TOKENS
@@ -251,7 +257,8 @@ def _stop(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s for s in items if s))
 
 
-def _thinking(effort: Any) -> c.Thinking | None:
+def thinking_for_effort(effort: Any, param: str = "reasoning_effort") -> c.Thinking | None:
+    """OpenAI's reasoning effort as canonical thinking (None when not given)."""
     if effort is None:
         return None
     if effort == "none":
@@ -259,7 +266,7 @@ def _thinking(effort: Any) -> c.Thinking | None:
     if isinstance(effort, str) and effort in REASONING_BUDGETS:
         return c.Thinking(enabled=True, budget_tokens=REASONING_BUDGETS[effort])
     choices = ", ".join(["none", *REASONING_BUDGETS])
-    raise _invalid(f"reasoning_effort must be one of {choices}", "reasoning_effort")
+    raise _invalid(f"{param} must be one of {choices}", param)
 
 
 def _response_format(value: Any) -> c.ResponseFormat | None:
@@ -307,7 +314,7 @@ def _tools(value: Any) -> tuple[c.Tool, ...]:
         if not isinstance(function, Mapping):
             raise _invalid(f"{param}.function must be an object", f"{param}.function")
         name = function.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
             raise _invalid(
                 f"{param}.function.name must be 1-64 characters of a-z, A-Z, 0-9, _ or -",
                 f"{param}.function.name",
@@ -437,7 +444,7 @@ class _Messages:
         if kind == "text":
             return self._text_part(part, param)
         if kind == "image_url":
-            return self._image(_image_url_of(part), f"{param}.image_url.url")
+            return image_block(_image_url_of(part), f"{param}.image_url.url", self._fetched)
         if kind in ("input_audio", "file"):
             raise _invalid(f"{param}: {kind} content parts are not supported", f"{param}.type")
         raise _invalid(f"{param}.type must be text or image_url", f"{param}.type")
@@ -460,36 +467,6 @@ class _Messages:
                 raise _invalid(f"{param}[{j}] must be a text part", f"{param}[{j}]")
             blocks.append(self._text_part(part, f"{param}[{j}]"))
         return blocks
-
-    def _image(self, url: Any, param: str) -> c.ImageBlock:
-        if not isinstance(url, str):
-            raise _invalid(f"{param} must be a string", param)
-        url = url.strip()
-        if _is_http_url(url):
-            fetched = self._fetched.get(url)
-            if fetched is None:
-                raise _invalid(_REMOTE_REFUSED, param)
-            return c.ImageBlock(media_type=fetched[0], data=fetched[1])
-        if url[:5].lower() != "data:":
-            raise _invalid(f"{param} must be a data: URL or an http(s) URL", param)
-        header, comma, data = url[5:].partition(",")
-        fields = [f.strip().lower() for f in header.split(";")]
-        media_type = "image/jpeg" if fields[0] == "image/jpg" else fields[0]
-        if not comma or "base64" not in fields[1:]:
-            raise _invalid(f"{param} must be a base64 data: URL", param)
-        if media_type not in _IMAGE_TYPES:
-            raise _invalid(
-                f"{param}: unsupported image type; use one of {', '.join(sorted(_IMAGE_TYPES))}",
-                param,
-            )
-        data = "".join(data.split())
-        try:
-            valid = bool(data) and bool(base64.b64decode(data, validate=True))
-        except (binascii.Error, ValueError):
-            valid = False
-        if not valid:
-            raise _invalid(f"{param} does not hold valid base64 image data", param)
-        return c.ImageBlock(media_type=media_type, data=data)
 
     def _assistant(self, message: Mapping[str, Any], param: str) -> None:
         self._tool_turn = False
@@ -544,19 +521,7 @@ class _Messages:
             raise _invalid(
                 f"{param}.function.name must be a non-empty string", f"{param}.function.name"
             )
-        arguments = function.get("arguments")
-        args_param = f"{param}.function.arguments"
-        if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-            parsed: Any = {}
-        elif isinstance(arguments, str):
-            try:
-                parsed = json.loads(arguments)
-            except (ValueError, RecursionError):
-                raise _invalid(f"{args_param} is not valid JSON", args_param) from None
-        else:
-            raise _invalid(f"{args_param} must be a JSON string", args_param)
-        if not isinstance(parsed, dict):
-            raise _invalid(f"{args_param} must encode a JSON object", args_param)
+        parsed = parse_arguments(function.get("arguments"), f"{param}.function.arguments")
         self._tool_names[call_id] = name
         return c.ToolUseBlock(id=call_id, name=name, input=parsed)
 
@@ -571,6 +536,53 @@ class _Messages:
             tool_use_id=call_id, content=tuple(content), name=self._tool_names.get(call_id)
         )
         self._append_user([result], tool_result=True)
+
+
+def image_block(url: Any, param: str, fetched: Mapping[str, tuple[str, str]]) -> c.ImageBlock:
+    """An image given as a data: URL, or as an http(s) URL the web layer fetched."""
+    if not isinstance(url, str):
+        raise _invalid(f"{param} must be a string", param)
+    url = url.strip()
+    if is_http_url(url):
+        image = fetched.get(url)
+        if image is None:
+            raise _invalid(REMOTE_REFUSED, param)
+        return c.ImageBlock(media_type=image[0], data=image[1])
+    if url[:5].lower() != "data:":
+        raise _invalid(f"{param} must be a data: URL or an http(s) URL", param)
+    header, comma, data = url[5:].partition(",")
+    fields = [f.strip().lower() for f in header.split(";")]
+    media_type = "image/jpeg" if fields[0] == "image/jpg" else fields[0]
+    if not comma or "base64" not in fields[1:]:
+        raise _invalid(f"{param} must be a base64 data: URL", param)
+    if media_type not in _IMAGE_TYPES:
+        raise _invalid(
+            f"{param}: unsupported image type; use one of {', '.join(sorted(_IMAGE_TYPES))}",
+            param,
+        )
+    data = "".join(data.split())
+    try:
+        valid = bool(data) and bool(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise _invalid(f"{param} does not hold valid base64 image data", param)
+    return c.ImageBlock(media_type=media_type, data=data)
+
+
+def parse_arguments(arguments: Any, param: str) -> dict[str, Any]:
+    """A tool call's arguments, a JSON string encoding an object (empty: no arguments)."""
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        return {}
+    if not isinstance(arguments, str):
+        raise _invalid(f"{param} must be a JSON string", param)
+    try:
+        parsed = json.loads(arguments)
+    except (ValueError, RecursionError):
+        raise _invalid(f"{param} is not valid JSON", param) from None
+    if not isinstance(parsed, dict):
+        raise _invalid(f"{param} must encode a JSON object", param)
+    return parsed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,9 +33,12 @@ OPENAI_BODY = {
     "stream": True,
     "messages": [{"role": "user", "content": "Tell me a long story"}],
 }
+RESPONSES_BODY = {"model": "claude-opus-4-6-thinking", "stream": True,
+                  "input": "Tell me a long story", "reasoning": {"summary": "auto"}}
 ROUTES = {
     "anthropic": ("/v1/messages", ANTHROPIC_BODY),
     "openai": ("/v1/chat/completions", OPENAI_BODY),
+    "responses": ("/v1/responses", RESPONSES_BODY),
 }
 
 DROP_DEADLINE = 0.1
@@ -114,7 +117,7 @@ async def h2_reset(url: str, path: str, body: dict[str, Any]) -> tuple[float, tr
     return trio.current_time(), sock
 
 
-@pytest.mark.parametrize("api", ["anthropic", "openai"])
+@pytest.mark.parametrize("api", ["anthropic", "openai", "responses"])
 @pytest.mark.parametrize("version", ["http1", "h2"])
 async def test_client_drop_closes_upstream_stream(
     gateway: RunningGateway, emulator: RunningEmulator, api: str, version: str
@@ -158,7 +161,8 @@ async def test_stalled_upstream_gives_timeout_not_hang(
 
 
 @pytest.mark.parametrize(
-    ("api", "marker"), [("anthropic", b"event: ping"), ("openai", b": keep-alive")]
+    ("api", "marker"),
+    [("anthropic", b"event: ping"), ("openai", b": keep-alive"), ("responses", b": keep-alive")],
 )
 async def test_idle_streams_get_keepalives(
     start_gateway: Callable[..., Any], emulator: RunningEmulator, api: str, marker: bytes
@@ -173,7 +177,8 @@ async def test_idle_streams_get_keepalives(
     assert response.status_code == 200
     assert marker in response.content
     # the keep-alives did not break the stream's grammar: it still finishes properly
-    tail = b"event: message_stop" if api == "anthropic" else b"data: [DONE]"
+    tail = {"anthropic": b"event: message_stop", "openai": b"data: [DONE]",
+            "responses": b"event: response.completed"}[api]
     assert tail in response.content
 
 

@@ -33,6 +33,8 @@ class Api:
         messages = [{"role": "user", "content": "Hello through a fault"}]
         if self.name == "anthropic":
             return {"model": MODEL, "max_tokens": 256, "stream": stream, "messages": messages}
+        if self.name == "responses":
+            return {"model": MODEL, "stream": stream, "input": "Hello through a fault"}
         return {"model": MODEL, "stream": stream, "messages": messages}
 
     def error_type(self, response: httpx.Response) -> str:
@@ -47,9 +49,16 @@ class Api:
         assert response.status_code == 200, response.text
         if not stream:
             body = response.json()
-            text = body["content"][0]["text"] if self.name == "anthropic" else (
-                body["choices"][0]["message"]["content"])
+            if self.name == "anthropic":
+                text = body["content"][0]["text"]
+            elif self.name == "responses":
+                text = body["output"][-1]["content"][0]["text"]
+            else:
+                text = body["choices"][0]["message"]["content"]
             assert text.startswith("Echo")
+        elif self.name == "responses":
+            assert b"event: response.completed" in response.content
+            assert b"event: response.failed" not in response.content
         elif self.name == "anthropic":
             assert b"event: message_stop" in response.content
             assert b"event: error" not in response.content
@@ -58,7 +67,8 @@ class Api:
             assert b'"error"' not in response.content
 
 
-APIS = [Api("anthropic", "/v1/messages"), Api("openai", "/v1/chat/completions")]
+APIS = [Api("anthropic", "/v1/messages"), Api("openai", "/v1/chat/completions"),
+        Api("responses", "/v1/responses")]
 API_IDS = [a.name for a in APIS]
 
 
@@ -146,6 +156,9 @@ ERROR_FAULTS = [
     ("unavailable", {"anthropic": (529, "overloaded_error"), "openai": (503, "server_error")}),
     ("empty", {"anthropic": (500, "api_error"), "openai": (500, "server_error")}),
 ]
+# the Responses face answers errors as the OpenAI API does
+for _, _expected in ERROR_FAULTS:
+    _expected["responses"] = _expected["openai"]
 
 
 @pytest.mark.parametrize("api", APIS, ids=API_IDS)
@@ -201,6 +214,12 @@ async def test_cut_stream_ends_with_an_error_event(
     if api.name == "anthropic":
         assert b"event: error" in response.content
         assert b"event: message_stop" not in response.content
+    elif api.name == "responses":
+        last = [line[6:] for line in response.content.splitlines() if line.startswith(b"data: ")]
+        failed = json.loads(last[-1])
+        assert failed["type"] == "response.failed"
+        assert failed["response"]["status"] == "failed" and failed["response"]["error"]
+        assert b"event: response.completed" not in response.content
     else:
         events = [line[6:] for line in response.content.splitlines() if line.startswith(b"data: ")]
         assert events[-1] == b"[DONE]"

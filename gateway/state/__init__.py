@@ -1,0 +1,1 @@
+"""State a gateway keeps beyond one request, behind interfaces another backend can serve."""
