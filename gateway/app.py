@@ -11,6 +11,7 @@ every route; the other routes are Quart blueprints.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
@@ -34,6 +35,7 @@ from gateway.api import anthropic as anthropic_api
 from gateway.api import openai as openai_api
 from gateway.api import responses as responses_api
 from gateway.api.chat import (
+    Admission,
     Dialect,
     Receive,
     Scope,
@@ -181,7 +183,16 @@ class GatewayASGI:
     def __init__(self, app: QuartTrio, inner: Callable[..., Any]) -> None:
         self.app = app
         self.inner = inner
-        self.in_flight = 0  # chat requests being served (admission control)
+        self._admission: Admission | None = None
+
+    def admission(self, services: Services) -> Admission:
+        if self._admission is None:
+            gauge = services.metrics.open_streams
+            self._admission = Admission(
+                services.config.server.max_concurrent_requests,
+                lambda delta: gauge.inc(delta),
+            )
+        return self._admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -220,19 +231,7 @@ class GatewayASGI:
                 status, body = dialect.error_body(err405)
                 await send_json(send, status, body, {"allow": "POST"})
                 return
-            limit = config.max_concurrent_requests
-            if self.in_flight >= limit:
-                await _refuse(send, scope, errors.Overloaded(
-                    f"the gateway is serving its limit of {limit} concurrent requests "
-                    "(server.max_concurrent_requests); retry shortly", retry_after=1))
-                return
-            self.in_flight += 1
-            services.metrics.open_streams.inc()
-            try:
-                await handle_chat(scope, receive, send, dialect, services)
-            finally:
-                self.in_flight -= 1
-                services.metrics.open_streams.dec()
+            await handle_chat(scope, receive, send, dialect, services, self.admission(services))
             return
         await self.inner(scope, receive, send)
 
@@ -274,6 +273,11 @@ def _edge_refusal(scope: Scope, services: Services) -> errors.GatewayError | Non
         return _Framing("a request must not carry both Content-Length and "
                         "Transfer-Encoding (RFC 9112 6.1)")
     path = scope["path"]
+    if scope["method"] in _STATE_CHANGING and not _same_origin(scope, config):
+        return errors.PermissionDenied(
+            "a cross-site request from a web page is refused (its Origin is not this gateway "
+            "and not in server.cors_origins)"
+        )
     if config.api_keys and path not in _OPEN_PATHS and not _authorized(scope, config.api_keys):
         return errors.Unauthenticated(
             "invalid or missing API key: send it as 'Authorization: Bearer <key>' "
@@ -289,6 +293,29 @@ def _edge_refusal(scope: Scope, services: Services) -> errors.GatewayError | Non
                 f"(got {loggable(kind) if kind else 'none'})"
             )
     return None
+
+
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _same_origin(scope: Scope, config: ServerConfig) -> bool:
+    """No Origin (not a browser), an allowed origin, or this gateway's own (scheme aside,
+    the same host and port as the Host header): a web page elsewhere, another port on
+    localhost included, cannot make a browser spend quota or refresh tokens, even with a
+    request that needs no preflight (a body-less or text/plain POST)."""
+    origin = header(scope, b"origin")
+    if origin is None:
+        return True
+    origin = origin.strip()
+    if _cors_origin(origin, config.cors_origins) is not None:
+        return True
+    scheme, found, authority = origin.partition("://")
+    own = (header(scope, b"host") or header(scope, b":authority") or "").strip().lower()
+    if not found or not own:
+        return False
+    default = {"http": ":80", "https": ":443"}.get(scheme.lower(), "")
+    authority = authority.lower().removesuffix(default)
+    return authority == own.removesuffix(default)
 
 
 class _Framing(errors.InvalidRequest):
@@ -325,11 +352,19 @@ def _host_of(scope: Scope) -> str | None:
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1"})
 
 
+def _is_loopback_literal(host: str) -> bool:
+    """An IP literal in 127/8 or ::1, written as such (not a name that starts with 127.)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def host_allowed(host: str, config: ServerConfig) -> bool:
     """Whether a Host header names this gateway: loopback names and the bound address, or
     `server.allowed_hosts` (exact names, `*.domain`, or `*` for any). A gateway bound beyond
     loopback (which then requires API keys) takes any host unless allowed_hosts is set."""
-    if host in _LOOPBACK_NAMES or host.startswith("127.") or host == config.host.lower():
+    if host in _LOOPBACK_NAMES or _is_loopback_literal(host) or host == config.host.lower():
         return True
     allowed = config.allowed_hosts
     if not allowed:
@@ -374,7 +409,7 @@ def _raw_header(scope: Scope, name: bytes) -> bytes | None:
 def _authorized(scope: Scope, keys: tuple[str, ...]) -> bool:
     # Bytes against bytes: a key with non-ASCII characters arrives as its UTF-8 bytes, which
     # decoding the header (latin-1) and re-encoding would turn into other bytes.
-    given = _raw_header(scope, b"x-api-key")
+    given = (_raw_header(scope, b"x-api-key") or b"").strip() or None
     if given is None:
         scheme, _, token = (_raw_header(scope, b"authorization") or b"").partition(b" ")
         given = token.strip() if scheme.lower() == b"bearer" else None

@@ -66,6 +66,9 @@ class ServerConfig:
     # A connection with no request in flight (idle keep-alive, or a request head still
     # arriving, however slowly) is closed this long after its last answer or its opening.
     idle_timeout_seconds: float = 75.0
+    # A client that reads nothing of its answer for this long is hung up on (a 64 KiB
+    # piece must go out in this time), so one that never reads cannot hold a connection.
+    write_timeout_seconds: float = 60.0
     # In-flight streams get this long to finish on SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = 10.0
     # Idle SSE streams get a keep-alive (Anthropic `ping`, OpenAI SSE comment) this often.
@@ -206,6 +209,7 @@ _POSITIVE = {
     "server.keepalive_seconds",
     "server.body_timeout_seconds",
     "server.idle_timeout_seconds",
+    "server.write_timeout_seconds",
     "server.max_concurrent_requests",
     "server.max_messages",
     "server.max_content_blocks",
@@ -283,9 +287,18 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
         pass
     else:
         raise ConfigError(f"config key {key!r}: unsupported type {annotation}")
-    # a secret's value is never shown, not even the part that is wrong
-    shown = _describe(value) if _is_secret(key) else repr(value)
-    raise ConfigError(f"config key {key!r}: expected {annotation}, got {shown}")
+    raise ConfigError(f"config key {key!r}: expected {annotation}, got {_shown(key, value)}")
+
+
+def _shown(key: str, value: Any) -> str:
+    """A wrong value as an error may show it: a secret's never, not even the part that is
+    wrong; nor a table's or a list's, which can hold credentials (extra_headers, URLs with
+    a user and password); a lone URL without its user part."""
+    if _is_secret(key) or isinstance(value, dict | list | tuple):
+        return _describe(value)
+    if isinstance(value, str) and ("@" in value or "=" in value or ":" in value):
+        return f"a string of {len(value)} characters (value not shown)"
+    return repr(value)
 
 
 def _is_secret(key: str) -> bool:
@@ -296,7 +309,9 @@ def _is_secret(key: str) -> bool:
 
 def _describe(value: Any) -> str:
     """What kind of value it is, never the value itself."""
-    if isinstance(value, list):
+    if isinstance(value, dict):
+        return f"a table of {len(value)} entries (value not shown)"
+    if isinstance(value, list | tuple):
         kinds = sorted({type(v).__name__ for v in value})
         return f"a list of {', '.join(kinds) or 'nothing'} (value not shown)"
     return f"a {type(value).__name__} (value not shown)"

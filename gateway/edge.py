@@ -12,9 +12,18 @@ the pieces it uses change shape.
   out under a flood of slow clients and a load balancer's probe still gets its answer.
   Running out of descriptors anyway (EMFILE) is logged once per episode, not ten times a
   second with a traceback as trio's own loop does.
-* `install_h2_stream_errors` makes a request whose DATA does not add up to its
-  content-length a stream error (RST_STREAM PROTOCOL_ERROR), as RFC 9113 8.1.1 says, where
-  h2 made it a connection error (GOAWAY) that killed every other stream of the connection.
+  A connection's handler failing (hypercorn raised on a WebSocket upgrade with bytes after
+  it) closes that connection and is logged in one line; it never reaches the server's
+  nursery, which would take the whole process down. A send that makes no progress for
+  `write_timeout` seconds (a client that stopped reading) hangs the connection up, and at
+  shutdown every send gets at most the grace period.
+* `install_h2_stream_errors` makes a malformed request a stream error (RST_STREAM
+  PROTOCOL_ERROR), as RFC 9113 8.1.1 says, where h2 made it a connection error (GOAWAY)
+  that killed every other stream of the connection: DATA that does not add up to the
+  content-length, and request headers h2 refuses (connection-specific fields, bad
+  pseudo-headers, a content-length that is not a number...). It also starts hypercorn's
+  idle timer on a new h2 connection, which otherwise only starts once a stream has closed:
+  a connection that never opens a stream is closed after the idle timeout like any other.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ import h2.events
 import h2.exceptions
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Updated
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -60,6 +71,8 @@ _MAX_TRIAGE = 64  # connections past the limit being read or answered at once; a
 _HEAD_SECONDS = 1.0  # for the request head of a connection past the limit
 _HEAD_BYTES = 8192
 _DRAIN_SECONDS = 0.5  # after the 503, for the client to read it and hang up
+_WRITE_PIECE = 64 * 1024  # the write deadline is per piece: progress, not total time
+_FAILURE_LOG_SECONDS = 10.0
 _PROBE = re.compile(rb"(?:GET|HEAD) /(?:health|metrics)(?:[?][^ ]*)? HTTP/1\.[01]\r\n")
 
 
@@ -104,7 +117,24 @@ class _Counted(trio.abc.HalfCloseableStream):
         return self._inner.socket  # hypercorn reads the peer and local addresses here
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
+        listener = self._listener
+        view = memoryview(data)
+        while view:
+            piece = view[:_WRITE_PIECE]
+            # hypercorn shields its sends from cancellation; this scope's own deadline still
+            # applies, and shutdown can pull it in
+            with trio.CancelScope(deadline=listener.send_deadline()) as scope:
+                listener.sending.add(scope)
+                try:
+                    await self._inner.send_all(piece)
+                finally:
+                    listener.sending.discard(scope)
+            if scope.cancelled_caught:
+                # hypercorn takes a broken send as the client gone but goes on reading it:
+                # close the socket too, so the connection really ends
+                await trio.aclose_forcefully(self._inner)
+                raise trio.BrokenResourceError("the client read nothing for the write deadline")
+            view = view[len(piece):]
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
@@ -136,11 +166,14 @@ class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
 
     def __init__(
         self, inner: trio.SocketListener, limit: int, nursery: trio.Nursery, *,
-        reserve: int = 16,
+        reserve: int = 16, write_timeout: float = 60.0,
     ) -> None:
         self._inner = inner
         self.limit = limit
         self.reserve = reserve
+        self.write_timeout = write_timeout
+        self.sending: set[trio.CancelScope] = set()  # sends under way, with their deadlines
+        self._closing_deadline = float("inf")
         self.open_connections = 0
         self.probe_connections = 0
         self.refused = 0
@@ -154,6 +187,15 @@ class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
     @property
     def socket(self) -> trio.socket.SocketType:
         return self._inner.socket
+
+    def send_deadline(self) -> float:
+        return min(trio.current_time() + self.write_timeout, self._closing_deadline)
+
+    def closing(self, deadline: float) -> None:
+        """Shutting down: no send may outlast `deadline`."""
+        self._closing_deadline = deadline
+        for scope in self.sending:
+            scope.deadline = min(scope.deadline, deadline)
 
     async def accept(self) -> trio.abc.Stream:
         while True:
@@ -230,7 +272,7 @@ class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
     async def _serve_probe(self, stream: _Counted) -> None:
         assert self.handler is not None
         try:
-            await self.handler(stream)  # hypercorn's TCPServer is awaitable, not a coroutine
+            await self.handler(stream)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -244,6 +286,7 @@ async def serve(
     *,
     max_connections: int,
     probe_connections: int = 16,
+    write_timeout: float = 60.0,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     on_listening: Callable[[list[GuardedListener]], None] | None = None,
@@ -266,13 +309,15 @@ async def serve(
                 listeners.append(GuardedListener(
                     trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
                     max_connections, server_nursery, reserve=probe_connections,
+                    write_timeout=write_timeout,
                 ))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
             if on_listening is not None:
                 on_listening(listeners)
             task_status.started(binds)
-            handler = partial(TCPServer, wrapped, hyper, context,
-                              ConnectionState(lifespan_state.copy()))
+            handler = partial(_serve_connection, partial(
+                TCPServer, wrapped, hyper, context, ConnectionState(lifespan_state.copy())
+            ), _FailureLog())
             for listener in listeners:
                 listener.handler = handler
             try:
@@ -291,10 +336,43 @@ async def serve(
                     raise others from None
             finally:
                 await context.terminated.set()
-                # in-flight connections get the grace period, then are cancelled
-                server_nursery.cancel_scope.deadline = trio.current_time() + hyper.graceful_timeout
+                # in-flight connections get the grace period, then are cancelled (and a
+                # send to a client that stopped reading, shielded by hypercorn, too)
+                deadline = trio.current_time() + hyper.graceful_timeout
+                server_nursery.cancel_scope.deadline = deadline
+                for listener in listeners:
+                    listener.closing(deadline)
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+class _FailureLog:
+    """One line per failed connection, at most one every few seconds (with a count)."""
+
+    def __init__(self) -> None:
+        self._last = -float("inf")
+        self._unsaid = 0
+
+    def failed(self, exc: BaseException) -> None:
+        now = trio.current_time()
+        self._unsaid += 1
+        if now - self._last < _FAILURE_LOG_SECONDS:
+            return
+        log.warning("closed a client connection the HTTP server failed on (%s)%s",
+                    type(exc).__name__,
+                    f"; {self._unsaid} such since the last report" if self._unsaid > 1 else "")
+        self._last, self._unsaid = now, 0
+
+
+async def _serve_connection(
+    server: Callable[[trio.abc.Stream], Any], failures: _FailureLog, stream: trio.abc.Stream
+) -> None:
+    """hypercorn's per-connection server, kept from taking the process down with it."""
+    try:
+        await server(stream)  # TCPServer is awaitable, not a coroutine function
+    except Exception as exc:
+        failures.failed(exc)
+        await trio.aclose_forcefully(stream)
 
 
 _original_receive_data_frame = h2.connection.H2Connection._receive_data_frame
@@ -318,7 +396,45 @@ def _receive_data_frame(self: h2.connection.H2Connection, frame: Any) -> Any:
         return [], [reset]
 
 
+_original_receive_headers_frame = h2.connection.H2Connection._receive_headers_frame
+
+
+def _receive_headers_frame(self: h2.connection.H2Connection, frame: Any) -> Any:
+    opened_before = frame.stream_id in self.streams
+    try:
+        return _original_receive_headers_frame(self, frame)
+    except h2.exceptions.ProtocolError as original:
+        # Only a request that this very frame opened, refused once its headers were decoded
+        # (the stream exists by then), is a stream error; everything else h2 raises here
+        # (stream ids, HPACK, too many streams) stays a connection error.
+        if self.config.client_side or opened_before or frame.stream_id not in self.streams:
+            raise
+        stream_id = frame.stream_id
+        try:
+            self.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        except h2.exceptions.ProtocolError:
+            raise original from None
+        reset = h2.events.StreamReset(
+            stream_id=stream_id, error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR,
+            remote_reset=False,
+        )
+        return [], [reset]
+
+
+_original_h2_initiate = H2Protocol.initiate
+
+
+async def _h2_initiate(
+    self: H2Protocol, headers: Any = None, settings: bytes | None = None
+) -> None:
+    await _original_h2_initiate(self, headers, settings)
+    if self.idle:
+        await self.send(Updated(idle=True))  # idle from the start: the timer runs
+
+
 def install_h2_stream_errors() -> None:
-    """Make content-length mismatches stream errors in every h2 server connection of this
-    process (idempotent)."""
+    """Make malformed requests stream errors in every h2 server connection of this process,
+    and let new h2 connections idle out (idempotent)."""
     h2.connection.H2Connection._receive_data_frame = _receive_data_frame  # type: ignore[method-assign]
+    h2.connection.H2Connection._receive_headers_frame = _receive_headers_frame  # type: ignore[method-assign]
+    H2Protocol.initiate = _h2_initiate  # type: ignore[method-assign]

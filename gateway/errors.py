@@ -93,7 +93,7 @@ class MisdirectedRequest(GatewayError):
     """The Host header names a site this gateway does not serve (DNS rebinding, mostly)."""
 
     status = 421
-    anthropic_type = "permission_error"
+    anthropic_type = "invalid_request_error"
     openai_type = "invalid_request_error"
     openai_code = "misdirected_request"
     retryable = False

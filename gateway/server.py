@@ -84,6 +84,7 @@ async def serve_gateway(
         app, hypercorn_config(config),
         max_connections=connection_limit(config.server.max_connections),
         probe_connections=config.server.probe_connections,
+        write_timeout=config.server.write_timeout_seconds,
         shutdown_trigger=shutdown_trigger,
         task_status=_FirstBind(),  # type: ignore[arg-type]
     )

@@ -106,6 +106,30 @@ def test_malformed_secrets_are_named_never_shown(tmp_path: Path, toml: str) -> N
     assert "value not shown" in message
 
 
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[upstream]\nextra_headers = { Authorization = "Bearer sk-MY-SECRET", X-Version = 3 }\n',
+        '[upstream]\nbase_urls = ["https://user:MY-SECRET@proxy.example", 1]\n',
+    ],
+)
+def test_tables_lists_and_urls_are_never_shown(tmp_path: Path, toml: str) -> None:
+    """They can hold credentials (a header's token, a URL's password)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert "MY-SECRET" not in str(info.value) and "upstream." in str(info.value)
+
+
+def test_a_malformed_header_table_in_the_environment_is_not_shown() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={
+            "GATEWAY_UPSTREAM_EXTRA_HEADERS": "X-Goog-Api-Key=MY-SECRET,Authorization: Bearer x"})
+    assert "MY-SECRET" not in str(info.value)
+    assert "GATEWAY_UPSTREAM_EXTRA_HEADERS" in str(info.value)
+
+
 def test_the_command_line_does_not_print_a_malformed_secret(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -45,6 +45,14 @@ def test_hypercorn_pieces_keep_their_shape() -> None:
         assert callable(getattr(Lifespan, name))
     # TCPServer tells plain streams from TLS ones by do_handshake's absence
     assert "do_handshake" in inspect.getsource(TCPServer.run)
+    # the write deadline relies on a broken send being taken as the client gone
+    assert "BrokenResourceError" in inspect.getsource(TCPServer.protocol_send)
+    # a new h2 connection's idle timer: started by Updated(idle=True), from initiate
+    from hypercorn.protocol.h2 import H2Protocol
+
+    assert params_of(edge._original_h2_initiate) == ["self", "headers", "settings"]
+    assert isinstance(H2Protocol.idle, property)
+    assert "idle_task.restart" in inspect.getsource(TCPServer.protocol_send)
 
 
 def test_h2_pieces_keep_their_shape() -> None:
@@ -53,6 +61,10 @@ def test_h2_pieces_keep_their_shape() -> None:
 
     assert issubclass(h2.exceptions.InvalidBodyLengthError, h2.exceptions.ProtocolError)
     assert params_of(edge._original_receive_data_frame) == ["self", "frame"]
+    assert params_of(edge._original_receive_headers_frame) == ["self", "frame"]
+    # malformed request headers are refused inside the stream, after it exists
+    source = inspect.getsource(edge._original_receive_headers_frame)
+    assert source.index("_get_or_create_stream") < source.index("receive_headers(")
     assert callable(h2.connection.H2Connection.reset_stream)
     assert callable(h2.connection.H2Connection.acknowledge_received_data)
 
@@ -136,3 +148,56 @@ def test_connection_limit_follows_the_open_file_limit() -> None:
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert edge.connection_limit(0) == max(16, min(20_000, (soft - 256) // 2))
+
+
+class _FakeSocketStream(trio.abc.HalfCloseableStream):
+    """A stream whose peer never reads: every send blocks (until cancelled)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.socket = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep_forever()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.sleep_forever()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_send_to_a_client_that_never_reads_ends_at_the_write_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        listener = edge.GuardedListener(_NoDescriptors(0), 10, nursery,  # type: ignore[arg-type]
+                                        write_timeout=30)
+        inner = _FakeSocketStream()
+        counted = edge._Counted(inner, listener)  # type: ignore[arg-type]
+        started = trio.current_time()
+        # shielded, as hypercorn sends
+        with pytest.raises(trio.BrokenResourceError), trio.CancelScope(shield=True):
+            await counted.send_all(b"x" * 10)
+        assert trio.current_time() - started == pytest.approx(30)
+        assert inner.closed  # hung up, not just reported
+        # at shutdown a send gets the grace period, not the whole write deadline
+        other = edge._Counted(_FakeSocketStream(), listener)  # type: ignore[arg-type]
+
+        async def shut_down_soon() -> None:
+            await trio.sleep(1)
+            listener.closing(trio.current_time() + 2)
+
+        nursery.start_soon(shut_down_soon)
+        started = trio.current_time()
+        with pytest.raises(trio.BrokenResourceError), trio.CancelScope(shield=True):
+            await other.send_all(b"y")
+        assert trio.current_time() - started == pytest.approx(3)
+        nursery.cancel_scope.cancel()

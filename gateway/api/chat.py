@@ -119,6 +119,28 @@ class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
 
 
+@attrs.define(slots=True)
+class Admission:
+    """The bound on chat requests served at once (`server.max_concurrent_requests`). A
+    request takes its place once its body is in: one still uploading (or never finishing)
+    holds a connection or an h2 stream, bounded elsewhere, but never a place here."""
+
+    limit: int
+    on_change: Callable[[int], None] = lambda delta: None
+    in_flight: int = 0
+
+    def enter(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        self.on_change(1)
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        self.on_change(-1)
+
+
 async def read_body(receive: Receive, scope: Scope, limit: int, seconds: float) -> bytes:
     """The whole request body, within `limit` bytes and `seconds` seconds."""
     declared = header(scope, b"content-length")
@@ -156,8 +178,16 @@ def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise errors.InvalidRequest("request body is empty; expected a JSON object")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # JSON on the wire is UTF-8 (RFC 8259 8.1); json.loads would also take UTF-16 and
+        # UTF-32, whose escapes the checks below (which read the bytes) cannot see
+        if b"\x00" in raw[:4]:  # UTF-16/32 without a byte-order mark: valid "UTF-8"
+            raise UnicodeDecodeError("utf-8", raw[:4], 0, 4, "NUL in the first bytes")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InvalidRequest("request body is not UTF-8; send JSON in UTF-8") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
         raise errors.InvalidRequest(f"request body is not valid JSON: {_short(exc)}") from None
     except RecursionError:
         raise errors.InvalidRequest("request body nests too deeply") from None
@@ -222,10 +252,11 @@ def check_object_budget(raw: bytes, server: ServerConfig) -> None:
     second of C code that nothing else can interrupt), and the count is cheap.
 
     Inside a JSON string a quote is always escaped, so `{"` marks an object (or, rarely, a
-    string that ends in `{`): an upper bound, never an undercount of compact or spaced JSON.
+    string that ends in `{`), as does `{` before whitespace (JSON's four kinds) or `}`: an
+    upper bound, never an undercount however the JSON is spaced.
     """
     budget = server.max_messages + 2 * server.max_content_blocks + 64 * server.max_tools + 4096
-    found = raw.count(b'{"') + raw.count(b"{ ") + raw.count(b"{\n") + raw.count(b"{}")
+    found = sum(raw.count(b"{" + after) for after in (b'"', b"}", b" ", b"\n", b"\t", b"\r"))
     if found > budget:
         raise errors.InvalidRequest(
             f"request body holds more than {budget} JSON objects, more than any request "
@@ -333,7 +364,8 @@ async def send_error(send: Send, dialect: Dialect, err: errors.GatewayError) -> 
 
 
 async def handle_chat(
-    scope: Scope, receive: Receive, raw_send: Send, dialect: Dialect, services: Services
+    scope: Scope, receive: Receive, raw_send: Send, dialect: Dialect, services: Services,
+    admission: Admission,
 ) -> None:
     started = time.monotonic()
     request_id = scope.get("state", {}).get("request_id") or secrets.token_hex(8)
@@ -363,11 +395,17 @@ async def handle_chat(
             await raw_send(message)
 
     stream = False
+    admitted = False
     try:
         try:
             server = services.config.server
             raw = await read_body(receive, scope, server.max_body_bytes,
                                   server.body_timeout_seconds)
+            admitted = admission.enter()
+            if not admitted:
+                raise errors.Overloaded(
+                    f"the gateway is serving its limit of {admission.limit} concurrent "
+                    "requests (server.max_concurrent_requests); retry shortly", retry_after=1)
             # a big body is parsed and translated in a worker thread, so one request cannot
             # stop every other stream (and /health) while it is taken apart
             offload = len(raw) > server.offload_bytes
@@ -418,6 +456,8 @@ async def handle_chat(
                                 "more_body": False})
             nursery.cancel_scope.cancel()
     finally:
+        if admitted:
+            admission.leave()
         if outcome.disconnected:
             outcome.status = 499  # nginx's "client closed request"
         services.metrics.observe_request(

@@ -27,13 +27,22 @@ from gateway.config import ImagesConfig
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: IPv4 inside
+
+
 def is_public_address(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address reach that address: judge it instead
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_global and not ip.is_multicast
 
 
@@ -101,19 +110,28 @@ async def _fetch_one(
     resolve: Resolve,
     limit: int,
 ) -> tuple[str, bytes]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        if hostname:
+            hostname.encode("idna")  # a label too long or empty fails here, not later
+    except (ValueError, UnicodeError):
+        raise errors.InvalidRequest("an image URL is malformed (its host cannot be read)") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise errors.InvalidRequest("image URLs must be http(s) or data: URLs")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise errors.InvalidRequest("image URL has an invalid port") from None
-    address = await _checked_address(parts.hostname, port, resolve, allow_private)
+    address = await _checked_address(hostname, port, resolve, allow_private)
     # connect to the checked address; the URL's own host names the site and the TLS peer
-    target = httpx.URL(url).copy_with(host=address)
+    try:
+        target = httpx.URL(url).copy_with(host=address)
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        raise errors.InvalidRequest("an image URL is malformed") from None
     host_header = parts.netloc.rpartition("@")[2]
-    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-    shown = f"{parts.scheme}://{parts.hostname}"
+    extensions = {"sni_hostname": hostname} if parts.scheme == "https" else {}
+    shown = f"{parts.scheme}://{hostname}"
     too_big = (
         f"image at {shown} exceeds the {config.max_bytes} byte limit (images.max_bytes)"
         if limit == config.max_bytes

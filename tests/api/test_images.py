@@ -63,6 +63,20 @@ async def test_private_addresses_are_refused() -> None:
         with pytest.raises(errors.InvalidRequest, match="private or reserved"):
             await fetch_images([url], config(), resolve=resolve)
     assert not is_public_address("::ffff:127.0.0.1")
+    # IPv6 forms that carry an IPv4 address: NAT64's well-known prefix, 6to4
+    assert not is_public_address("64:ff9b::7f00:1") and not is_public_address("2002:7f00:1::")
+    assert not is_public_address("64:ff9b::a9fe:a9fe")  # 169.254.169.254
+    assert is_public_address("64:ff9b::808:808") and is_public_address("2606:4700::1111")
+
+
+@pytest.mark.parametrize("url", ["http://[/x.png", "http://a" + "b" * 70 + ".com/x.png",
+                                 "http://a..b/x.png", "http://exa mple.com/x.png"])
+async def test_malformed_urls_are_400s(url: str) -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["8.8.8.8"]
+
+    with pytest.raises(errors.InvalidRequest):
+        await fetch_images([url], config(timeout_seconds=0.5), resolve=resolve)
 
 
 async def test_the_connection_goes_to_the_checked_address(image_server: ImageServer) -> None:

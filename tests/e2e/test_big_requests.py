@@ -62,8 +62,12 @@ async def post(gateway: RunningGateway, path: str, raw: bytes) -> httpx.Response
                      "messages": [{"role": "user", "content": "x"}],
                      "tools": [{"name": f"t{i}", "input_schema": {"type": "object"}}
                                for i in range(5_000)]}).encode(), "server.max_tools"),
+        *[(b'{"model":"claude-sonnet-4-6","max_tokens":8,"messages":[{"role":"user",'
+           b'"content":"x"}],"metadata":{"a":[' + b",".join([b"{" + space + b'"b":1}'] * 400_000)
+           + b"]}}", "JSON objects") for space in (b"\t", b"\r", b"\n", b" ")],
     ],
-    ids=["600k-messages", "120k-blocks", "5k-tools", "400k-objects"],
+    ids=["600k-messages", "120k-blocks", "5k-tools", "400k-objects", "400k-objects-tab",
+         "400k-objects-cr", "400k-objects-lf", "400k-objects-space"],
 )
 async def test_counts_past_the_limits_are_400s_naming_them(
     gateway: RunningGateway, raw: bytes, limit: str

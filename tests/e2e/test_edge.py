@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -58,6 +59,22 @@ def request(path: bytes, body: bytes, *, extra: bytes = b"",
     return (b"POST " + path + b" HTTP/" + version + b"\r\nHost: 127.0.0.1\r\n"
             + (b"Content-Type: " + content_type + b"\r\n" if content_type else b"")
             + b"Content-Length: " + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
+
+
+@pytest.mark.parametrize("after", [b"x", b"\x88\x80\x00\x00\x00\x00"], ids=["byte", "close-frame"])
+async def test_a_websocket_upgrade_with_bytes_after_it_does_not_take_the_server_down(
+    gateway: RunningGateway, after: bytes
+) -> None:
+    request = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n\r\n" + after)
+    for _ in range(3):
+        answer, _ = await trio.to_thread.run_sync(exchange, _port(gateway), request, 2.0)
+        assert answer.startswith((b"HTTP/1.1 4", b"")), answer[:200]
+    health, _ = await trio.to_thread.run_sync(
+        exchange, _port(gateway), b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                  b"Connection: close\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200"), health[:200]
 
 
 @pytest.mark.parametrize(
@@ -173,7 +190,9 @@ async def test_bodies_that_are_not_json_are_415_in_the_callers_format(
     assert not list(gateway.emulator.state.generation_requests())
 
 
-@pytest.mark.parametrize("host", [b"evil.example.com", b"attacker.test:8080", b"10.0.0.1"])
+@pytest.mark.parametrize("host", [b"evil.example.com", b"attacker.test:8080", b"10.0.0.1",
+                                  b"127.0.0.1.rebind.attacker.example:8080",
+                                  b"127.attacker.example", b"0x7f.0.0.1"])
 async def test_foreign_hosts_are_refused_on_a_loopback_gateway(
     gateway: RunningGateway, host: bytes
 ) -> None:
@@ -394,3 +413,153 @@ def test_a_flood_of_stuck_clients_under_a_low_fd_limit_leaves_health_answering(
         output = proc.communicate(timeout=30)[0]
     assert output.count("out of file descriptors") <= 1
     assert "Traceback" not in output
+
+
+async def test_requests_still_uploading_hold_no_admission_place(start_gateway: Any) -> None:
+    """h2 streams that never send their body must not use up max_concurrent_requests:
+    a place is taken once the body is in."""
+    import h2.config
+    import h2.connection
+
+    gateway = await start_gateway(server={"max_concurrent_requests": 2,
+                                          "body_timeout_seconds": 30})
+    authority = gateway.url.removeprefix("http://")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock = socket.create_connection(("127.0.0.1", _port(gateway)), timeout=5)
+    try:
+        for _ in range(4):
+            conn.send_headers(conn.get_next_available_stream_id(), [
+                (":method", "POST"), (":path", "/v1/messages"), (":scheme", "http"),
+                (":authority", authority), ("content-type", "application/json")])
+        sock.sendall(conn.data_to_send())
+        await trio.sleep(0.3)
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(gateway.url + "/v1/messages", json={
+                "model": "claude-sonnet-4-6", "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200, answer.text
+    finally:
+        sock.close()
+
+
+async def test_an_h2_connection_that_opens_no_stream_idles_out(start_gateway: Any) -> None:
+    gateway = await start_gateway(server={"idle_timeout_seconds": 0.5})
+
+    def hold() -> float | None:
+        with socket.create_connection(("127.0.0.1", _port(gateway)), timeout=5) as conn:
+            settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings)
+            start = time.monotonic()
+            try:
+                while conn.recv(65536):
+                    pass
+            except TimeoutError:
+                return None
+            return time.monotonic() - start
+
+    closed_after = await trio.to_thread.run_sync(hold)
+    assert closed_after is not None and closed_after < 3
+
+
+async def test_a_client_that_never_reads_is_hung_up_on(start_gateway: Any) -> None:
+    """Pipelined requests whose answers are never read fill the socket buffers; after
+    server.write_timeout_seconds without progress the gateway lets the connection go."""
+    import threading
+
+    gateway = await start_gateway(server={"write_timeout_seconds": 0.5,
+                                          "idle_timeout_seconds": 60})
+
+    def flood() -> tuple[int, bool]:
+        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", _port(gateway)))
+        request = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                conn.sendall(request * 3000)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        time.sleep(3)  # reading nothing
+        conn.settimeout(5)
+        received = b""
+        try:
+            while chunk := conn.recv(1 << 20):
+                received += chunk
+            ended = True
+        except TimeoutError:
+            ended = False
+        except OSError:
+            ended = True
+        conn.close()
+        return received.count(b"HTTP/1.1 200"), ended
+
+    answered, ended = await trio.to_thread.run_sync(flood)
+    assert ended, f"the connection is still open after {answered} answers"
+    assert answered < 3000
+
+
+async def test_malformed_h2_request_headers_are_a_stream_error(gateway: RunningGateway) -> None:
+    """Headers h2 refuses (here a connection-specific field) reset that stream only."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+
+    authority = gateway.url.removeprefix("http://")
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                       normalize_outbound_headers=False)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+
+    def run() -> list[Any]:
+        with socket.create_connection(("127.0.0.1", _port(gateway)), timeout=5) as sock:
+            base = [(":method", "GET"), (":path", "/health"), (":scheme", "http"),
+                    (":authority", authority)]
+            conn.send_headers(1, [*base, ("connection", "keep-alive")], end_stream=True)
+            conn.send_headers(3, [*base, ("content-length", "ten")], end_stream=True)
+            conn.send_headers(5, base, end_stream=True)
+            sock.sendall(conn.data_to_send())
+            events: list[Any] = []
+            pending = {1, 3, 5}
+            while pending:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    events.append(event)
+                    if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                        pending.discard(event.stream_id)
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        pending.clear()
+                sock.sendall(conn.data_to_send())
+            return events
+
+    events = await trio.to_thread.run_sync(run)
+    assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+    resets = {e.stream_id: e.error_code for e in events if isinstance(e, h2.events.StreamReset)}
+    assert resets == {1: h2.errors.ErrorCodes.PROTOCOL_ERROR,
+                      3: h2.errors.ErrorCodes.PROTOCOL_ERROR}
+    answered = [e.stream_id for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert answered == [5]
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [(b"https://evil.example", b"403"), (b"null", b"403"), (b"http://127.0.0.1:1", b"403"),
+     (None, b"200"), (b"SELF", b"200")],
+)
+async def test_cross_site_posts_are_refused_whatever_their_body(
+    gateway: RunningGateway, origin: bytes | None, status: bytes
+) -> None:
+    """A web page can POST to /refresh-token with no body at all (no preflight, no content
+    type): its Origin says where it comes from."""
+    own = gateway.url.removeprefix("http://").encode()
+    extra = b"" if origin is None else b"Origin: " + (
+        b"http://" + own if origin == b"SELF" else origin) + b"\r\n"
+    data = (b"POST /refresh-token HTTP/1.1\r\nHost: " + own + b"\r\n" + extra
+            + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    answer, _ = await trio.to_thread.run_sync(exchange, _port(gateway), data)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:300]

@@ -55,6 +55,22 @@ async def test_a_lone_surrogate_is_a_400_naming_the_field(
     assert "Traceback" not in caplog.text
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions", "/v1/responses"])
+async def test_bodies_not_in_utf8_are_400s(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture, encoding: str, path: str
+) -> None:
+    """json.loads would read UTF-16 and UTF-32 (and a lone surrogate inside them); JSON on
+    the wire is UTF-8, and anything else is refused before it is read."""
+    body = ('{"model":"claude-sonnet-4-6","max_tokens":5,"input":"\\ud800",'
+            '"messages":[{"role":"user","content":"\\ud800"}]}')
+    with caplog.at_level(logging.INFO):
+        response = await post(gateway, path, body.encode(encoding))
+    assert response.status_code == 400, response.text
+    assert "UTF-8" in response.json()["error"]["message"]
+    assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
+
+
 async def test_a_surrogate_pair_is_fine(gateway: RunningGateway) -> None:
     body = {**MESSAGE, "messages": [{"role": "user", "content": "smile \U0001f600"}]}
     raw = json.dumps(body).encode()  # ensure_ascii: the emoji travels as a surrogate pair

@@ -219,3 +219,8 @@ async def test_non_ascii_api_keys_match_their_utf8_bytes(
     assert as_x_api_key.status_code == 200, as_x_api_key.text
     assert as_bearer.status_code == 200, as_bearer.text
     assert wrong.status_code == 401
+    async with httpx.AsyncClient() as http:
+        # an empty x-api-key beside a good bearer token is no key at all, not a wrong one
+        both = await http.post(gateway.url + "/v1/chat/completions", json=CHAT,
+                               headers=[(b"x-api-key", b""), (b"authorization", b"Bearer " + raw)])
+    assert both.status_code == 200, both.text
