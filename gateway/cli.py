@@ -249,7 +249,13 @@ gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo a
   curl {url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "gemini-3-flash", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 
+  curl {url}/v1/responses -H 'content-type: application/json' \\
+    -d '{{"model": "claude-opus-4-6-thinking", "input": "Hi"}}'
+
   Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=unused claude
+  Codex:        codex -c model_provider=gateway -c 'web_search="disabled"' \\
+                  -c 'model_providers.gateway={{name="gateway", base_url="{url}/v1", '\\
+                  'wire_api="responses"}}'
 
 Press Ctrl+C to stop.
 """

@@ -16,121 +16,33 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
-import httpx
 import pytest
 
+from tests.clis import Demo, Run, npm_binary, start_demo, stop_demo
+
 CLAUDE_CODE_VERSION = "2.1.332"
-ROOT = Path(__file__).resolve().parents[2]
-INSTALL_DIR = ROOT / "build" / "npm" / f"claude-code-{CLAUDE_CODE_VERSION}"
-CLAUDE = INSTALL_DIR / "node_modules" / ".bin" / "claude"
 RUN_SECONDS = 120
-
-
-def _installed_version() -> str | None:
-    if not CLAUDE.exists():
-        return None
-    try:
-        out = subprocess.run([str(CLAUDE), "--version"], capture_output=True, text=True,
-                             timeout=60, env={"PATH": os.environ.get("PATH", ""),
-                                              "HOME": str(INSTALL_DIR)})
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.split()[0] if out.returncode == 0 and out.stdout else None
 
 
 @pytest.fixture(scope="module")
 def claude_code() -> Path:
     """The pinned Claude Code binary, installed from npm on first use."""
-    if _installed_version() == CLAUDE_CODE_VERSION:
-        return CLAUDE
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is needed to install Claude Code for this test: install Node.js and "
-                    "npm (Debian: apt-get install -y npm), as .ci/run does")
-    INSTALL_DIR.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [npm, "install", "--prefix", str(INSTALL_DIR), "--no-audit", "--no-fund",
-         "--loglevel=error", f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, f"npm install failed:\n{result.stderr[-2000:]}"
-    assert _installed_version() == CLAUDE_CODE_VERSION, "Claude Code did not install"
-    return CLAUDE
-
-
-@attrs.define
-class Demo:
-    url: str
-    emulator: str
-    lines: list[str]
-
-    def generation_bodies(self) -> list[dict[str, Any]]:
-        found = httpx.get(f"{self.emulator}/__emulator/requests",
-                          params={"path": "/v1internal:streamGenerateContent"}, timeout=10)
-        return [r["body"] for r in found.json()]
-
-
-def _start_demo(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[str], Demo]:
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp), "PYTHONUNBUFFERED": "1", **extra_env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "demo", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    def read() -> None:
-        for line in stdout:
-            lines.append(line)
-            if "Press Ctrl+C" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    assert ready.wait(30), "gateway demo did not start"
-    banner = "".join(lines)
-    url = re.search(r"base URL \(Anthropic\):\s+(http://\S+)", banner)
-    emulator = re.search(r"built-in emulator at (http://[0-9.:]+)", banner)
-    assert url and emulator, f"gateway demo printed no URLs:\n{banner}"
-    return proc, Demo(url.group(1), emulator.group(1), lines)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return npm_binary("@anthropic-ai/claude-code", CLAUDE_CODE_VERSION, "claude")
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    proc, running = _start_demo(tmp_path_factory.mktemp("demo"), {})
+    proc, running = start_demo(tmp_path_factory.mktemp("demo"), {})
     try:
         yield running
     finally:
-        _stop(proc)
+        stop_demo(proc)
     assert "Traceback" not in "".join(running.lines)
-
-
-@attrs.frozen
-class Run:
-    returncode: int
-    output: str
 
 
 def claude(
@@ -250,12 +162,12 @@ def test_a_conversation_moves_from_gemini_to_claude_and_back(
 def test_an_outdated_client_identity_is_a_clear_error(
     claude_code: Path, tmp_path: Path, home: Path, workdir: Path
 ) -> None:
-    proc, old = _start_demo(tmp_path / "old", {
+    proc, old = start_demo(tmp_path / "old", {
         "GATEWAY_UPSTREAM_USER_AGENT": "antigravity/1.11.5 linux/amd64"})
     try:
         run = claude(claude_code, old, home, workdir, "say hello")
     finally:
-        _stop(proc)
+        stop_demo(proc)
     assert run.returncode != 0
     assert "API Error: 502" in run.output and "upstream.user_agent" in run.output
     assert "Echo" not in run.output
