@@ -186,9 +186,17 @@ def sign(key: bytes, kind: str, payload: str) -> str:
 
 
 def _signed(key: bytes, kind: str, payload: str, signature: object) -> bool:
-    return isinstance(signature, str) and hmac.compare_digest(
-        sign(key, kind, payload).encode(), signature.encode()
-    )
+    # thoughtSignature is a bytes field: protobuf JSON reads either base64 alphabet, padded
+    # or not, so what is compared is the bytes
+    if not isinstance(signature, str):
+        return False
+    try:
+        given = base64.b64decode(
+            signature.replace("-", "+").replace("_", "/") + "=" * (-len(signature) % 4),
+            validate=True)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(base64.b64decode(sign(key, kind, payload)), given)
 
 
 def _call_payload(call: Mapping[str, Any]) -> str:
@@ -237,6 +245,7 @@ def check_envelope(envelope: Mapping[str, Any], *, model: EmulatedModel, key: by
             raise _claude_error("messages: roles must alternate between \"user\" and "
                                 "\"assistant\", starting with \"user\"")
     _check_tools(request)
+    _check_safety_settings(request)
     generation = request.get("generationConfig")
     generation = generation if isinstance(generation, dict) else {}
     max_out = generation.get("maxOutputTokens")
@@ -308,6 +317,42 @@ def _check_function_turns(contents: Sequence[Mapping[str, Any]], *, claude: bool
             str(c.get("name")) for c in calls
         ):
             raise _bad(_INVALID_ARGUMENT)
+
+
+_HARM_CATEGORIES = frozenset({
+    "HARM_CATEGORY_UNSPECIFIED", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_DANGEROUS_CONTENT",
+    "HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_CIVIC_INTEGRITY", "HARM_CATEGORY_IMAGE_HATE",
+    "HARM_CATEGORY_IMAGE_DANGEROUS_CONTENT", "HARM_CATEGORY_IMAGE_HARASSMENT",
+    "HARM_CATEGORY_IMAGE_SEXUALLY_EXPLICIT", "HARM_CATEGORY_JAILBREAK",
+})
+_HARM_THRESHOLDS = frozenset({
+    "HARM_BLOCK_THRESHOLD_UNSPECIFIED", "BLOCK_LOW_AND_ABOVE", "BLOCK_MEDIUM_AND_ABOVE",
+    "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF",
+})
+_HARM_METHODS = frozenset({"HARM_BLOCK_METHOD_UNSPECIFIED", "SEVERITY", "PROBABILITY"})
+
+
+def _check_safety_settings(request: Mapping[str, Any]) -> None:
+    """The enums of SafetySetting, refused in protobuf's words when a value is not one."""
+    settings = request.get("safetySettings", request.get("safety_settings", []))
+    if not isinstance(settings, list):
+        raise _bad("Invalid JSON payload received. 'safety_settings' must be a list.")
+    for i, setting in enumerate(settings):
+        if not isinstance(setting, dict):
+            raise _bad(f"Invalid JSON payload received. safety_settings[{i}] is not an object.")
+        for field, enum, allowed in (("category", "HarmCategory", _HARM_CATEGORIES),
+                                     ("threshold", "HarmBlockThreshold", _HARM_THRESHOLDS),
+                                     ("method", "HarmBlockMethod", _HARM_METHODS)):
+            value = setting.get(field)
+            if value is None and field == "method":
+                continue
+            if value not in allowed:
+                raise _bad(
+                    f"Invalid value at 'request.safety_settings[{i}].{field}' "
+                    f"(type.googleapis.com/google.cloud.aiplatform.v1internal.{enum}), "
+                    f"{json.dumps(value)}"
+                )
 
 
 def _check_tools(request: Mapping[str, Any]) -> None:

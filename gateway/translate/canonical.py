@@ -60,6 +60,10 @@ class ToolUseBlock:
     id: str
     name: str
     input: Mapping[str, JSON]
+    # The thought signature Gemini attached to this call, tagged with its family (see
+    # `cloudcode.tag_signature`): the Gemini face carries it to and from its clients; the
+    # other faces cannot, and the signature cache stands in for them.
+    signature: str | None = None
     type: Literal["tool_use"] = "tool_use"
 
 
@@ -170,6 +174,8 @@ class ChatRequest:
     effort: Effort | None = None
     response_format: ResponseFormat | None = None
     context_edits: tuple[ContextEdit, ...] = ()
+    # Gemini API safetySettings ({category, threshold} objects), for Gemini models only
+    safety_settings: tuple[Mapping[str, JSON], ...] = ()
     stream: bool = False
 
 
@@ -229,11 +235,11 @@ class BlockStop:
 
 @attrs.frozen(slots=True)
 class ToolSignature:
-    """A Gemini thoughtSignature attached to a function call.
+    """A Gemini thoughtSignature attached to a function call (tagged with its family).
 
-    Clients cannot carry it (tool_use and tool_calls have no field for it), so the web layer
-    keeps it per conversation and hands it back to the request translator on the next turn.
-    Encoders ignore this event.
+    Most clients cannot carry it (tool_use and tool_calls have no field for it), so the web
+    layer keeps it per conversation and hands it back to the request translator on the next
+    turn. Only the Gemini encoder shows it to its client.
     """
 
     tool_id: str
@@ -276,7 +282,7 @@ class ChatResponse:
 
 
 def without_thinking(request: ChatRequest) -> ChatRequest:
-    """The request with every thinking block removed from its history.
+    """The request with every thinking block (and call signature) removed from its history.
 
     For a history whose signatures the upstream refuses (written by another provider or
     another gateway): the conversation goes on, without the replayed thoughts.
@@ -285,7 +291,8 @@ def without_thinking(request: ChatRequest) -> ChatRequest:
         attrs.evolve(
             message,
             content=tuple(
-                block
+                attrs.evolve(block, signature=None)
+                if isinstance(block, ToolUseBlock) and block.signature else block
                 for block in message.content
                 if not isinstance(block, ThinkingBlock | RedactedThinkingBlock)
             ),
@@ -296,8 +303,10 @@ def without_thinking(request: ChatRequest) -> ChatRequest:
 
 
 def has_thinking(request: ChatRequest) -> bool:
+    """Whether the history replays thoughts or signed calls (which the upstream may refuse)."""
     return any(
         isinstance(block, ThinkingBlock | RedactedThinkingBlock)
+        or (isinstance(block, ToolUseBlock) and block.signature)
         for message in request.messages
         for block in message.content
     )
@@ -314,6 +323,7 @@ def collect(
     sigs: dict[int, str] = {}
     tools: dict[int, tuple[str, str]] = {}
     redacted: dict[int, str] = {}
+    call_signatures: dict[str, str] = {}
     end: MessageEnd | None = None
     for ev in events:
         if isinstance(ev, BlockStart):
@@ -331,6 +341,8 @@ def collect(
             texts[ev.index].append(ev.partial_json)
         elif isinstance(ev, SignatureDelta):
             sigs[ev.index] = sigs.get(ev.index, "") + ev.signature
+        elif isinstance(ev, ToolSignature):
+            call_signatures[ev.tool_id] = ev.signature
         elif isinstance(ev, MessageEnd):
             end = ev
     if end is None:
@@ -347,7 +359,8 @@ def collect(
             content.append(RedactedThinkingBlock(redacted[index]))
         else:
             tool_id, name = tools[index]
-            content.append(ToolUseBlock(tool_id, name, json.loads(body) if body else {}))
+            content.append(ToolUseBlock(tool_id, name, json.loads(body) if body else {},
+                                        signature=call_signatures.get(tool_id)))
     return ChatResponse(
         id=response_id,
         model=model,

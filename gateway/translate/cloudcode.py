@@ -175,6 +175,9 @@ def to_cloudcode(
         if tool_config is not None:
             inner["toolConfig"] = tool_config
     inner["generationConfig"] = generation
+    if request.safety_settings and not claude:
+        # Gemini's own field; Claude on this upstream has no such setting (it is dropped)
+        inner["safetySettings"] = [dict(setting) for setting in request.safety_settings]
     inner["sessionId"] = session_id
     return {
         "project": project,
@@ -446,10 +449,22 @@ def _function_call(
     if model.family == "claude":
         call["id"] = block.id
         return {"functionCall": call}
-    return {
-        "functionCall": call,
-        "thoughtSignature": tool_signatures.get(block.id) or SKIP_SIGNATURE,
-    }
+    return {"functionCall": call, "thoughtSignature": _call_signature(block, model,
+                                                                      tool_signatures)}
+
+
+def _call_signature(
+    block: c.ToolUseBlock, model: ModelInfo, tool_signatures: Mapping[str, str]
+) -> str:
+    """The call's own signature (a Gemini client carries it), else the one the cache kept
+    for this conversation, else the placeholder. One minted by another family is left out;
+    an untagged one (a client that talked to Google before) is tried as it is."""
+    for signature in (block.signature, tool_signatures.get(block.id)):
+        if signature:
+            family, raw = untag_signature(signature)
+            if family is None or family == model.family:
+                return raw
+    return SKIP_SIGNATURE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,7 +609,8 @@ class CloudCodeDecoder:
         events.append(c.ToolInputDelta(index, encoded))
         events.append(c.BlockStop(index))
         if signature:
-            events.append(c.ToolSignature(tool_id, signature))
+            tagged = tag_signature(self._model.family, signature)
+            events.append(c.ToolSignature(tool_id, tagged))
         return events
 
     # -- blocks ---------------------------------------------------------------------------

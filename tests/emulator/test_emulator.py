@@ -761,6 +761,56 @@ async def test_signatures_belong_to_the_family_that_minted_them(
         assert "thinking.signature: Field required" in missing.json()["error"]["message"]
 
 
+async def test_signatures_are_bytes_in_either_base64_alphabet(emulator: RunningEmulator) -> None:
+    """thoughtSignature is a bytes field: the URL-safe, unpadded spelling of a signature is
+    the same signature; other bytes are not."""
+    async with client(emulator) as http:
+        token = await token_for(http)
+        _, claude = await stream(http, token, envelope(
+            "think", model="claude-opus-4-6-thinking",
+            generationConfig={"maxOutputTokens": 4096, "thinkingConfig": {
+                "include_thoughts": True, "thinking_budget": 1024}}))
+        thought = "".join(p["text"] for p in parts(claude) if p.get("thought"))
+        signature = next(p["thoughtSignature"] for p in parts(claude) if p.get("thought")
+                         and "thoughtSignature" in p)
+
+        async def replay(sig: str) -> httpx.Response:
+            return await unary(http, token, envelope(model="claude-sonnet-4-6", contents=[
+                {"role": "user", "parts": [{"text": "think"}]},
+                {"role": "model", "parts": [
+                    {"text": thought, "thought": True, "thoughtSignature": sig},
+                    {"text": "answer"}]},
+                {"role": "user", "parts": [{"text": "more"}]}]))
+
+        url_safe = signature.replace("+", "-").replace("/", "_").rstrip("=")
+        assert (await replay(url_safe)).status_code == 200
+        other = base64.b64encode(b"gemini." + base64.b64decode(signature)).decode()
+        assert (await replay(other)).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("setting", "status", "needle"),
+    [
+        ({"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}, 200, ""),
+        ({"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "OFF", "method": "SEVERITY"},
+         200, ""),
+        ({"category": "HARASSMENT", "threshold": "BLOCK_NONE"}, 400,
+         "Invalid value at 'request.safety_settings[0].category'"),
+        ({"category": "HARM_CATEGORY_HARASSMENT", "threshold": "NONE"}, 400,
+         "safety_settings[0].threshold"),
+    ],
+)
+async def test_safety_settings_are_enums(
+    emulator: RunningEmulator, setting: dict[str, str], status: int, needle: str
+) -> None:
+    async with client(emulator) as http:
+        token = await token_for(http)
+        response = await unary(http, token, envelope(safetySettings=[setting]))
+    assert response.status_code == status, response.text
+    if needle:
+        assert needle in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("model", "calls", "responses", "needle"),
     [

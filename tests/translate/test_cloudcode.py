@@ -506,7 +506,7 @@ def test_gemini_signed_call_reports_signature_and_ids() -> None:
     model, payloads = STREAMS["stream_gemini_signed_call"]
     events = decode(model, payloads)
     assert [e for e in events if isinstance(e, c.ToolSignature)] == [
-        c.ToolSignature("toolu_gw_0", GEMINI_SIG)
+        c.ToolSignature("toolu_gw_0", tag_signature("gemini", GEMINI_SIG))
     ]
     starts = [e for e in events if isinstance(e, c.BlockStart) and e.kind == "tool_use"]
     assert [s.tool_id for s in starts] == ["toolu_gw_0", "toolu_gw_1"]
@@ -728,7 +728,8 @@ def test_decoder_invariants_and_reassembly(
     signed_calls = [e for e in events if isinstance(e, c.ToolSignature)]
     call_sigs = [p["thoughtSignature"] for p in all_parts if "functionCall" in p
                  and "thoughtSignature" in p]  # fmt: skip
-    assert [e.signature for e in signed_calls] == call_sigs
+    assert [e.signature for e in signed_calls] == [
+        tag_signature(model.family, sig) for sig in call_sigs]
 
 
 blocks_user = st.one_of(
