@@ -32,6 +32,7 @@ from gateway.accounts.store import AccountStore
 from gateway.accounts.supervisor import Supervisor
 from gateway.api import admin
 from gateway.api import anthropic as anthropic_api
+from gateway.api import gemini as gemini_api
 from gateway.api import openai as openai_api
 from gateway.api import responses as responses_api
 from gateway.api.chat import (
@@ -161,12 +162,15 @@ def _dialect_for(path: str, anthropic_client: bool = False) -> Dialect:
     SDKs send `anthropic-version` on every call, e.g. to an unknown path)."""
     if path.startswith("/v1/messages") or anthropic_client:
         return _ANTHROPIC
+    if gemini_api.is_gemini_path(path):
+        return _GEMINI
     return _OPENAI
 
 
 _ANTHROPIC = anthropic_api.AnthropicDialect()
 _OPENAI = openai_api.OpenAIDialect()
 _RESPONSES = responses_api.ResponsesDialect()
+_GEMINI = gemini_api.GeminiDialect()
 _CHAT_ROUTES: dict[str, Dialect] = {
     "/v1/messages": _ANTHROPIC, "/v1/chat/completions": _OPENAI, "/v1/responses": _RESPONSES,
 }
@@ -206,6 +210,7 @@ class GatewayASGI:
             return
         services: Services = self.app.extensions["gateway"]
         config = services.config.server
+        scope = _gemini_v1(scope)
         path, method = scope["path"], scope["method"]
         send = _finishing(send)
         origin = header(scope, b"origin")
@@ -225,6 +230,9 @@ class GatewayASGI:
             await _refuse(send, scope, refusal)
             return
         dialect = _CHAT_ROUTES.get(path)
+        action = gemini_api.route(path)
+        if action is not None and action[1] in gemini_api.GENERATE_METHODS:
+            dialect = _GEMINI
         if dialect is not None:
             if method != "POST":
                 err405 = errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
@@ -234,6 +242,18 @@ class GatewayASGI:
             await handle_chat(scope, receive, send, dialect, services, self.admission(services))
             return
         await self.inner(scope, receive, send)
+
+
+def _gemini_v1(scope: Scope) -> Scope:
+    """The Gemini API under /v1/ served as under /v1beta/: its actions always, and
+    `GET /v1/models[/...]` when a Google client asks (an OpenAI client gets OpenAI's list)."""
+    path = scope["path"]
+    if not (path == "/v1/models" or path.startswith("/v1/models/")):
+        return scope
+    if gemini_api.route(path) is None and not gemini_api.is_gemini_client(scope):
+        return scope
+    moved = "/v1beta" + path[len("/v1"):]
+    return {**scope, "path": moved, "raw_path": moved.encode("utf-8", "surrogateescape")}
 
 
 # Endpoints that read a request body all read JSON.
@@ -280,8 +300,8 @@ def _edge_refusal(scope: Scope, services: Services) -> errors.GatewayError | Non
         )
     if config.api_keys and path not in _OPEN_PATHS and not _authorized(scope, config.api_keys):
         return errors.Unauthenticated(
-            "invalid or missing API key: send it as 'Authorization: Bearer <key>' "
-            "or 'x-api-key: <key>'"
+            "invalid or missing API key: send it as 'Authorization: Bearer <key>', "
+            "'x-api-key: <key>' or (Gemini clients) 'x-goog-api-key: <key>' or '?key=<key>'"
         )
     if scope["method"] in ("POST", "PUT", "PATCH") and (
         path in _JSON_ROUTES or _has_body(scope)
@@ -409,7 +429,12 @@ def _raw_header(scope: Scope, name: bytes) -> bytes | None:
 def _authorized(scope: Scope, keys: tuple[str, ...]) -> bool:
     # Bytes against bytes: a key with non-ASCII characters arrives as its UTF-8 bytes, which
     # decoding the header (latin-1) and re-encoding would turn into other bytes.
-    given = (_raw_header(scope, b"x-api-key") or b"").strip() or None
+    given = (_raw_header(scope, b"x-api-key") or b"").strip() or (
+        _raw_header(scope, b"x-goog-api-key") or b"").strip() or None
+    if given is None:
+        keys_given = gemini_api.query(scope).get("key")
+        given = keys_given[-1].encode("utf-8", "surrogateescape").strip() or None if (
+            keys_given) else None
     if given is None:
         scheme, _, token = (_raw_header(scope, b"authorization") or b"").partition(b" ")
         given = token.strip() if scheme.lower() == b"bearer" else None
@@ -454,7 +479,8 @@ async def _preflight(send: Send, origin: str) -> None:
                 (
                     b"access-control-allow-headers",
                     b"authorization, content-type, x-api-key, anthropic-version, "
-                    b"anthropic-beta, openai-organization, openai-project",
+                    b"anthropic-beta, openai-organization, openai-project, x-goog-api-key, "
+                    b"x-goog-api-client",
                 ),
                 (b"access-control-max-age", b"600"),
             ],
@@ -480,6 +506,7 @@ def create_app(
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(anthropic_api.blueprint)
     app.register_blueprint(responses_api.blueprint)
+    app.register_blueprint(gemini_api.blueprint)
     supervisor_scope = trio.CancelScope()
 
     @app.before_serving

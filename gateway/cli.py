@@ -239,6 +239,7 @@ gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo a
 
   base URL (OpenAI):     {url}/v1
   base URL (Anthropic):  {url}
+  base URL (Gemini):     {url}   (/v1beta/models/...:generateContent)
   health:                {url}/health
   limits:                {url}/account-limits?format=table
 
@@ -253,6 +254,8 @@ gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo a
     -d '{{"model": "claude-opus-4-6-thinking", "input": "Hi"}}'
 
   Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=unused claude
+  Gemini CLI:   GOOGLE_GEMINI_BASE_URL={url} GEMINI_API_KEY=unused gemini
+                  (with "security.auth.selectedType": "gemini-api-key" in ~/.gemini/settings.json)
   Codex:        codex -c model_provider=gateway -c 'web_search="disabled"' \\
                   -c 'model_providers.gateway={{name="gateway", base_url="{url}/v1", '\\
                   'wire_api="responses"}}'

@@ -218,3 +218,26 @@ def render_openai(err: GatewayError) -> dict[str, Any]:
             "code": err.openai_code,
         }
     }
+
+
+# google.rpc.Code names by HTTP status, as the Gemini API reports them.
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND", 405: "UNIMPLEMENTED", 408: "DEADLINE_EXCEEDED",
+    409: "ABORTED", 413: "INVALID_ARGUMENT", 415: "INVALID_ARGUMENT",
+    421: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
+    500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def gemini_status(err: GatewayError) -> int:
+    # Google's clients know 503 for an overloaded backend, not Anthropic's 529.
+    return _status_for_openai(err)
+
+
+def render_gemini(err: GatewayError) -> dict[str, Any]:
+    """The Gemini API's error body: `{"error": {"code", "message", "status"}}`."""
+    status = gemini_status(err)
+    return {"error": {"code": status, "message": err.message,
+                      "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}}

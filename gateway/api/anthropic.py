@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, current_app, request
 
 from gateway import errors
-from gateway.api.chat import PreparedChat, Scope, header, parse_within_limits, run_cpu
+from gateway.api.chat import (
+    SSE_CONTENT_TYPE,
+    PreparedChat,
+    Scope,
+    header,
+    parse_within_limits,
+    run_cpu,
+)
 from gateway.config import ServerConfig
 from gateway.translate import anthropic as wire
 from gateway.translate import canonical as c
@@ -86,6 +93,8 @@ def _context_management(prepared: PreparedChat) -> dict[str, Any] | None:
 
 
 class _Renderer:
+    content_type = SSE_CONTENT_TYPE
+
     def __init__(self, encoder: wire.AnthropicStreamEncoder) -> None:
         self.encoder = encoder
 

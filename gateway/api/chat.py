@@ -60,7 +60,12 @@ class PreparedChat:
     face: Any = None  # what the dialect keeps for rendering (Responses: its parsed request)
 
 
+SSE_CONTENT_TYPE = b"text/event-stream; charset=utf-8"
+
+
 class StreamRenderer(Protocol):
+    content_type: bytes  # of the streamed body: SSE_CONTENT_TYPE but for Gemini's JSON array
+
     def open(self) -> bytes: ...
     def events(self, events: Sequence[c.StreamEvent]) -> bytes: ...
     def keepalive(self) -> bytes: ...
@@ -269,8 +274,8 @@ def check_limits(body: Any, server: ServerConfig) -> None:
     if not isinstance(body, dict):
         return
     # Chat and Messages bodies hold `messages`; Responses bodies hold `input` items, whose
-    # parts (and tool outputs) count as content blocks.
-    field = "messages" if "messages" in body else "input"
+    # parts (and tool outputs) count as content blocks; Gemini bodies hold `contents`.
+    field = next((f for f in ("messages", "contents") if f in body), "input")
     messages = body.get(field)
     if isinstance(messages, list):
         if len(messages) > server.max_messages:
@@ -281,6 +286,8 @@ def check_limits(body: Any, server: ServerConfig) -> None:
         blocks = 0
         for message in messages:
             content = message.get("content") if isinstance(message, dict) else None
+            if content is None and isinstance(message, dict):
+                content = message.get("parts")
             if isinstance(content, list):
                 blocks += len(content)
                 for block in content:
@@ -673,7 +680,7 @@ async def _write_stream(
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"content-type", renderer.content_type),
                     (b"cache-control", b"no-cache"),
                     (b"x-accel-buffering", b"no"),
                 ],

@@ -9,7 +9,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gateway import errors
-from gateway.api.chat import PreparedChat, Scope, run_cpu
+from gateway.api.chat import SSE_CONTENT_TYPE, PreparedChat, Scope, run_cpu
 from gateway.api.images import fetch_images
 from gateway.translate import canonical as c
 from gateway.translate import openai as wire
@@ -70,6 +70,8 @@ class OpenAIDialect:
 
 
 class _Renderer:
+    content_type = SSE_CONTENT_TYPE
+
     def __init__(self, encoder: wire.OpenAIStreamEncoder) -> None:
         self.encoder = encoder
 

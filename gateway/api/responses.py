@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, current_app, request
 
 from gateway import errors
-from gateway.api.chat import PreparedChat, Scope, parse_within_limits, run_cpu
+from gateway.api.chat import SSE_CONTENT_TYPE, PreparedChat, Scope, parse_within_limits, run_cpu
 from gateway.api.images import fetch_images
 from gateway.state.responses import BrokenChain, StoredResponse, items_size
 from gateway.translate import canonical as c
@@ -137,6 +137,8 @@ def _sse(events: Sequence[dict[str, Any]]) -> bytes:
 
 
 class _Renderer:
+    content_type = SSE_CONTENT_TYPE
+
     def __init__(self, encoder: wire.ResponsesStreamEncoder, face: _Face) -> None:
         self.encoder = encoder
         self.face = face

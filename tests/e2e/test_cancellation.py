@@ -35,10 +35,14 @@ OPENAI_BODY = {
 }
 RESPONSES_BODY = {"model": "claude-opus-4-6-thinking", "stream": True,
                   "input": "Tell me a long story", "reasoning": {"summary": "auto"}}
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "Tell me a long story"}]}],
+               "generationConfig": {"thinkingConfig": {"includeThoughts": True}}}
 ROUTES = {
     "anthropic": ("/v1/messages", ANTHROPIC_BODY),
     "openai": ("/v1/chat/completions", OPENAI_BODY),
     "responses": ("/v1/responses", RESPONSES_BODY),
+    "gemini": ("/v1beta/models/gemini-3-flash:streamGenerateContent?alt=sse", GEMINI_BODY),
+    "gemini-array": ("/v1beta/models/claude-sonnet-4-6:streamGenerateContent", GEMINI_BODY),
 }
 
 DROP_DEADLINE = 0.1
@@ -117,7 +121,7 @@ async def h2_reset(url: str, path: str, body: dict[str, Any]) -> tuple[float, tr
     return trio.current_time(), sock
 
 
-@pytest.mark.parametrize("api", ["anthropic", "openai", "responses"])
+@pytest.mark.parametrize("api", list(ROUTES))
 @pytest.mark.parametrize("version", ["http1", "h2"])
 async def test_client_drop_closes_upstream_stream(
     gateway: RunningGateway, emulator: RunningEmulator, api: str, version: str
@@ -162,7 +166,8 @@ async def test_stalled_upstream_gives_timeout_not_hang(
 
 @pytest.mark.parametrize(
     ("api", "marker"),
-    [("anthropic", b"event: ping"), ("openai", b": keep-alive"), ("responses", b": keep-alive")],
+    [("anthropic", b"event: ping"), ("openai", b": keep-alive"), ("responses", b": keep-alive"),
+     ("gemini", b"\r\n\r\n\r\n"), ("gemini-array", b"[\r\n")],
 )
 async def test_idle_streams_get_keepalives(
     start_gateway: Callable[..., Any], emulator: RunningEmulator, api: str, marker: bytes
@@ -178,8 +183,11 @@ async def test_idle_streams_get_keepalives(
     assert marker in response.content
     # the keep-alives did not break the stream's grammar: it still finishes properly
     tail = {"anthropic": b"event: message_stop", "openai": b"data: [DONE]",
-            "responses": b"event: response.completed"}[api]
+            "responses": b"event: response.completed", "gemini": b'"finishReason":"STOP"',
+            "gemini-array": b'"finishReason":"STOP"'}[api]
     assert tail in response.content
+    if api == "gemini-array":  # blank lines inside the array are still one JSON document
+        assert json.loads(response.content)[-1]["candidates"][0]["finishReason"] == "STOP"
 
 
 

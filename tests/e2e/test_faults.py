@@ -29,8 +29,16 @@ class Api:
     name: str
     path: str
 
+    def url(self, stream: bool) -> str:
+        if self.name == "gemini":
+            return f"{self.path}:streamGenerateContent?alt=sse" if stream else (
+                f"{self.path}:generateContent")
+        return self.path
+
     def body(self, stream: bool) -> dict[str, Any]:
         messages = [{"role": "user", "content": "Hello through a fault"}]
+        if self.name == "gemini":
+            return {"contents": [{"role": "user", "parts": [{"text": "Hello through a fault"}]}]}
         if self.name == "anthropic":
             return {"model": MODEL, "max_tokens": 256, "stream": stream, "messages": messages}
         if self.name == "responses":
@@ -42,6 +50,10 @@ class Api:
         if self.name == "anthropic":
             assert body["type"] == "error"
             return str(body["error"]["type"])
+        if self.name == "gemini":
+            assert set(body["error"]) == {"code", "message", "status"}
+            assert body["error"]["code"] == response.status_code
+            return str(body["error"]["status"])
         assert set(body["error"]) >= {"message", "type", "param", "code"}
         return str(body["error"]["type"])
 
@@ -53,6 +65,8 @@ class Api:
                 text = body["content"][0]["text"]
             elif self.name == "responses":
                 text = body["output"][-1]["content"][0]["text"]
+            elif self.name == "gemini":
+                text = body["candidates"][0]["content"]["parts"][0]["text"]
             else:
                 text = body["choices"][0]["message"]["content"]
             assert text.startswith("Echo")
@@ -62,20 +76,29 @@ class Api:
         elif self.name == "anthropic":
             assert b"event: message_stop" in response.content
             assert b"event: error" not in response.content
+        elif self.name == "gemini":
+            chunks = gemini_chunks(response)
+            assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+            assert not any("error" in chunk for chunk in chunks)
         else:
             assert response.content.rstrip().endswith(b"data: [DONE]")
             assert b'"error"' not in response.content
 
 
 APIS = [Api("anthropic", "/v1/messages"), Api("openai", "/v1/chat/completions"),
-        Api("responses", "/v1/responses")]
+        Api("responses", "/v1/responses"), Api("gemini", f"/v1beta/models/{MODEL}")]
 API_IDS = [a.name for a in APIS]
+
+
+def gemini_chunks(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in response.content.splitlines()
+            if line.startswith(b"data: ")]
 
 
 async def send(gateway: RunningGateway, api: Api, stream: bool) -> httpx.Response:
     async with httpx.AsyncClient(timeout=30) as http:
         with trio.fail_after(25):
-            return await http.post(gateway.url + api.path, json=api.body(stream))
+            return await http.post(gateway.url + api.url(stream), json=api.body(stream))
 
 
 async def assert_quiet(gateway: RunningGateway, emulator: RunningEmulator) -> None:
@@ -122,7 +145,8 @@ async def test_429_everywhere_is_a_429_with_retry_after(
     emulator.state.add_fault(Fault(kind="rate_limit", reset_seconds=3600))
     response = await send(gateway, api, stream)
     assert response.status_code == 429
-    assert api.error_type(response) in ("rate_limit_error", "rate_limit_exceeded")
+    assert api.error_type(response) in ("rate_limit_error", "rate_limit_exceeded",
+                                        "RESOURCE_EXHAUSTED")
     assert 3000 <= int(response.headers["retry-after"]) <= 3600
     assert all(MODEL in c for c in cooldowns(gateway).values())
     # a second request does not spend upstream calls on accounts known to be cooling
@@ -156,9 +180,13 @@ ERROR_FAULTS = [
     ("unavailable", {"anthropic": (529, "overloaded_error"), "openai": (503, "server_error")}),
     ("empty", {"anthropic": (500, "api_error"), "openai": (500, "server_error")}),
 ]
-# the Responses face answers errors as the OpenAI API does
-for _, _expected in ERROR_FAULTS:
+# the Responses face answers errors as the OpenAI API does; the Gemini face as Google's
+_GOOGLE = {"unauthorized": (401, "UNAUTHENTICATED"), "forbidden": (403, "PERMISSION_DENIED"),
+           "bad_request": (400, "INVALID_ARGUMENT"), "server_error": (500, "INTERNAL"),
+           "unavailable": (503, "UNAVAILABLE"), "empty": (500, "INTERNAL")}
+for _kind, _expected in ERROR_FAULTS:
     _expected["responses"] = _expected["openai"]
+    _expected["gemini"] = _GOOGLE[_kind]
 
 
 @pytest.mark.parametrize("api", APIS, ids=API_IDS)
@@ -220,6 +248,10 @@ async def test_cut_stream_ends_with_an_error_event(
         assert failed["type"] == "response.failed"
         assert failed["response"]["status"] == "failed" and failed["response"]["error"]
         assert b"event: response.completed" not in response.content
+    elif api.name == "gemini":
+        chunks = gemini_chunks(response)
+        assert set(chunks[-1]["error"]) == {"code", "message", "status"}
+        assert not any("finishReason" in c for chunk in chunks for c in chunk.get("candidates", []))
     else:
         events = [line[6:] for line in response.content.splitlines() if line.startswith(b"data: ")]
         assert events[-1] == b"[DONE]"

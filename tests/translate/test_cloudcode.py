@@ -245,6 +245,35 @@ def test_claude_tool_loop_details() -> None:
     assert inner["toolConfig"] == {"functionCallingConfig": {"mode": "VALIDATED"}}
 
 
+def test_a_call_signature_the_client_carried_wins_over_the_cache() -> None:
+    def call(signature: str | None) -> c.ToolUseBlock:
+        return c.ToolUseBlock("t1", "f", {}, signature=signature)
+
+    def sent(block: c.ToolUseBlock, cache: dict[str, str]) -> str:
+        request = c.ChatRequest(model="m", max_tokens=100, messages=(
+            c.Message("user", (c.TextBlock("go"),)), c.Message("assistant", (block,)),
+            c.Message("user", (c.ToolResultBlock("t1", (c.TextBlock("ok"),), name="f"),))))
+        parts = body(request, GEMINI_3, tool_signatures=cache)["request"]["contents"][1]["parts"]
+        signature: str = parts[0]["thoughtSignature"]
+        return signature
+
+    cached = {"t1": tag_signature("gemini", "from-cache")}
+    assert sent(call(tag_signature("gemini", "carried")), cached) == "carried"
+    assert sent(call("untagged-from-google"), {}) == "untagged-from-google"
+    # another family's is left out: the cache's, else Google's sentinel
+    assert sent(call(tag_signature("claude", "x")), cached) == "from-cache"
+    assert sent(call(tag_signature("claude", "x")), {}) == SKIP_SIGNATURE
+    assert sent(call(None), {"t1": "raw-cached"}) == "raw-cached"  # older cache entries
+
+
+def test_safety_settings_go_to_gemini_only() -> None:
+    setting = {"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}
+    request = c.ChatRequest(model="m", max_tokens=10, safety_settings=(setting,),
+                            messages=(c.Message("user", (c.TextBlock("hi"),)),))
+    assert body(request, GEMINI)["request"]["safetySettings"] == [setting]
+    assert "safetySettings" not in body(request, CLAUDE)["request"]
+
+
 def test_gemini_calls_carry_signatures_or_the_sentinel() -> None:
     inner = REQUESTS["request_gemini_tool_signatures"]()["request"]
     calls = [p for x in inner["contents"] for p in x["parts"] if "functionCall" in p]
