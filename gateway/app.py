@@ -10,7 +10,6 @@ every route; the other routes are Quart blueprints.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import secrets
@@ -30,7 +29,7 @@ from gateway import errors
 from gateway.accounts.pool import AccountPool
 from gateway.accounts.store import AccountStore
 from gateway.accounts.supervisor import Supervisor
-from gateway.api import admin
+from gateway.api import admin, auth
 from gateway.api import anthropic as anthropic_api
 from gateway.api import gemini as gemini_api
 from gateway.api import openai as openai_api
@@ -298,11 +297,16 @@ def _edge_refusal(scope: Scope, services: Services) -> errors.GatewayError | Non
             "a cross-site request from a web page is refused (its Origin is not this gateway "
             "and not in server.cors_origins)"
         )
-    if config.api_keys and path not in _OPEN_PATHS and not _authorized(scope, config.api_keys):
+    if config.api_keys and path not in _OPEN_PATHS and not auth.authorized(scope, config.api_keys):
         return errors.Unauthenticated(
             "invalid or missing API key: send it as 'Authorization: Bearer <key>', "
             "'x-api-key: <key>' or (Gemini clients) 'x-goog-api-key: <key>' or '?key=<key>'"
         )
+    encoding = (header(scope, b"content-encoding") or "identity").strip().lower()
+    if encoding not in ("", "identity") and _has_body(scope):
+        return errors.UnsupportedMediaType(
+            f"compressed request bodies are not accepted (Content-Encoding: "
+            f"{loggable(encoding)}); send the JSON uncompressed")
     if scope["method"] in ("POST", "PUT", "PATCH") and (
         path in _JSON_ROUTES or _has_body(scope)
     ):
@@ -424,27 +428,6 @@ def _raw_header(scope: Scope, name: bytes) -> bytes | None:
         if key.lower() == name:
             return bytes(value)
     return None
-
-
-def _authorized(scope: Scope, keys: tuple[str, ...]) -> bool:
-    # Bytes against bytes: a key with non-ASCII characters arrives as its UTF-8 bytes, which
-    # decoding the header (latin-1) and re-encoding would turn into other bytes.
-    given = (_raw_header(scope, b"x-api-key") or b"").strip() or (
-        _raw_header(scope, b"x-goog-api-key") or b"").strip() or None
-    if given is None:
-        keys_given = gemini_api.query(scope).get("key")
-        given = keys_given[-1].encode("utf-8", "surrogateescape").strip() or None if (
-            keys_given) else None
-    if given is None:
-        scheme, _, token = (_raw_header(scope, b"authorization") or b"").partition(b" ")
-        given = token.strip() if scheme.lower() == b"bearer" else None
-    if not given:
-        return False
-    # compare against every key so the time taken does not say which one nearly matched
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key.encode("utf-8"))
-    return matched
 
 
 def _cors_origin(origin: str | None, allowed: tuple[str, ...]) -> str | None:

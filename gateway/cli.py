@@ -55,8 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="serve the gateway on the built-in emulator (no account)",
         parents=[config_option],
     )
-    demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    # no argparse defaults: GATEWAY_HOST / GATEWAY_PORT and the config file's server.host /
+    # server.port apply unless the flag is given, as for serve
+    demo.add_argument("--host", help="bind address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, help="port (default 8080)")
 
     emu = sub.add_parser("emulator", help="run the Cloud Code + OAuth emulator alone")
     emu.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -228,12 +230,18 @@ async def _demo(base: Config) -> None:
                 url = await gateway_nursery.start(
                     partial(serve_gateway, app, config, shutdown_trigger=wait_for_signal)
                 )
-                print(_demo_banner(url, emulator_url), flush=True)
+                print(_demo_banner(url, emulator_url, keys=bool(config.server.api_keys)),
+                      flush=True)
             # the gateway has drained and stopped; the emulator goes with it
             nursery.cancel_scope.cancel()
 
 
-def _demo_banner(url: str, emulator_url: str) -> str:
+def _demo_banner(url: str, emulator_url: str, *, keys: bool = False) -> str:
+    key_note = """
+  API keys are set (server.api_keys): add -H 'authorization: Bearer <key>' to the curl
+  commands below, and give the key to the clients (ANTHROPIC_API_KEY, GEMINI_API_KEY, ...)
+  instead of "unused".
+""" if keys else ""
     return f"""
 gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo accounts)
 
@@ -242,7 +250,7 @@ gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo a
   base URL (Gemini):     {url}   (/v1beta/models/...:generateContent)
   health:                {url}/health
   limits:                {url}/account-limits?format=table
-
+{key_note}
   curl {url}/v1/messages -H 'content-type: application/json' \\
     -d '{{"model": "claude-sonnet-4-6", "max_tokens": 256,
          "messages": [{{"role": "user", "content": "Hello!"}}]}}'

@@ -64,3 +64,41 @@ def test_accounts_import(tmp_path: Path) -> None:
     missing = gateway("accounts", "import", str(tmp_path / "none.json"), env=env)
     assert missing.returncode == 2
     assert "no accounts file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_demo_honours_gateway_port_and_says_keys_are_needed(tmp_path: Path) -> None:
+    """`gateway demo` binds where GATEWAY_PORT says (its --port is only an override), and
+    with API keys set its banner says to use them, without printing them."""
+    import signal
+    import threading
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret = "sk-banner-secret-1234"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_API_KEYS": secret,
+             "XDG_CONFIG_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Press Ctrl+C" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(30), "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    banner = "".join(lines)
+    assert f"http://127.0.0.1:{port}/v1" in banner
+    assert "API keys are set" in banner
+    assert secret not in banner

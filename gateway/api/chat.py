@@ -193,6 +193,9 @@ def parse_json(raw: bytes) -> Any:
     try:
         data = json.loads(text)
     except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's guard against huge ints
+            raise errors.InvalidRequest("request body holds an integer of more than 4300 "
+                                        "digits") from None
         raise errors.InvalidRequest(f"request body is not valid JSON: {_short(exc)}") from None
     except RecursionError:
         raise errors.InvalidRequest("request body nests too deeply") from None

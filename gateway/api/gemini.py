@@ -14,12 +14,12 @@ import re
 import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 import attrs
 from quart import Blueprint, current_app, request
 
 from gateway import errors
+from gateway.api.auth import query
 from gateway.api.chat import (
     SSE_CONTENT_TYPE,
     PreparedChat,
@@ -61,14 +61,6 @@ def is_gemini_client(scope: Scope) -> bool:
 def is_gemini_path(path: str) -> bool:
     return path.startswith(("/v1beta/", "/v1alpha/")) or path in ("/v1beta", "/v1alpha") or (
         route(path) is not None)
-
-
-def query(scope: Scope) -> dict[str, list[str]]:
-    raw = scope.get("query_string", b"")
-    try:
-        return parse_qs(bytes(raw).decode("latin-1"), keep_blank_values=True)
-    except ValueError:
-        return {}
 
 
 def error_body(err: errors.GatewayError) -> tuple[int, dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, current_app, request
 
 from gateway import errors
+from gateway.api.auth import owner_of
 from gateway.api.chat import SSE_CONTENT_TYPE, PreparedChat, Scope, parse_within_limits, run_cpu
 from gateway.api.images import fetch_images
 from gateway.state.responses import BrokenChain, StoredResponse, items_size
@@ -40,11 +41,14 @@ def error_body(err: errors.GatewayError) -> tuple[int, dict[str, Any]]:
     return errors.openai_status(err), errors.render_openai(err)
 
 
-async def _history(services: Services, body: Any) -> list[dict[str, Any]]:
+async def _history(services: Services, body: Any, owner: str) -> list[dict[str, Any]]:
     previous = body.get("previous_response_id") if isinstance(body, dict) else None
     if not isinstance(previous, str) or not previous:
         return []
     try:
+        head = await services.responses.get(previous)
+        if head is None or head.owner != owner:  # another key's is not there for this one
+            raise BrokenChain(previous)
         return await services.responses.history(previous)
     except BrokenChain as gone:
         raise errors.NotFound(
@@ -56,9 +60,9 @@ async def _history(services: Services, body: Any) -> list[dict[str, Any]]:
 
 
 async def parse(
-    body: Any, services: Services, *, offload: bool
+    body: Any, services: Services, *, offload: bool, owner: str
 ) -> wire.ResponsesRequest:
-    history = await _history(services, body)
+    history = await _history(services, body, owner)
     urls = wire.image_urls_to_fetch(body)
     fetched = await fetch_images(urls, services.config.images) if urls else {}
     return await run_cpu(offload, partial(
@@ -74,7 +78,8 @@ class ResponsesDialect:
     async def prepare(
         self, body: Any, services: Services, scope: Scope, *, offload: bool
     ) -> PreparedChat:
-        parsed = await parse(body, services, offload=offload)
+        owner = owner_of(scope, services.config.server.api_keys)
+        parsed = await parse(body, services, offload=offload, owner=owner)
         chat = parsed.chat
         thinking = chat.thinking is not None and chat.thinking.enabled
         model = services.resolve_model(chat.model, thinking=thinking)
@@ -82,7 +87,7 @@ class ResponsesDialect:
         sticky = client_session_key(parsed.prompt_cache_key) if parsed.prompt_cache_key else (
             session)
         return PreparedChat(chat, model, session, sticky, offload=offload,
-                            face=_Face(parsed, services))
+                            face=_Face(parsed, services, owner))
 
     def error_body(self, err: errors.GatewayError) -> tuple[int, dict[str, Any]]:
         return error_body(err)
@@ -113,9 +118,10 @@ class ResponsesDialect:
 class _Face:
     """What rendering a Responses answer needs: the parsed request, and where to store."""
 
-    def __init__(self, request: wire.ResponsesRequest, services: Services) -> None:
+    def __init__(self, request: wire.ResponsesRequest, services: Services, owner: str) -> None:
         self.request = request
         self.services = services
+        self.owner = owner
 
     async def store(self, body: dict[str, Any], kept: Sequence[dict[str, Any]]) -> None:
         if not self.request.store or body.get("status") not in ("completed", "incomplete"):
@@ -124,7 +130,7 @@ class _Face:
         await self.services.responses.put(StoredResponse(
             id=body["id"], created_at=self.services.clock(), response=body,
             input_items=self.request.input_items, output_items=tuple(kept),
-            previous_id=self.request.previous_response_id, size=size,
+            previous_id=self.request.previous_response_id, size=size, owner=self.owner,
         ))
 
 
@@ -171,6 +177,16 @@ def _services() -> Services:
     return services
 
 
+async def _owned(response_id: str) -> StoredResponse | None:
+    """The stored response, if the caller's key made it (another key's does not exist)."""
+    services = _services()
+    stored = await services.responses.get(response_id)
+    if stored is None or stored.owner != owner_of(request.scope,
+                                                  services.config.server.api_keys):
+        return None
+    return stored
+
+
 def _not_found(response_id: str) -> errors.NotFound:
     return errors.NotFound(f"No response found with id '{response_id[:100]}'.",
                            param="response_id")
@@ -181,7 +197,7 @@ async def retrieve(response_id: str) -> tuple[dict[str, Any], int]:
     if request.args.get("stream") in ("true", "1"):
         raise errors.InvalidRequest("replaying a stored response as a stream is not "
                                     "supported; retrieve it without stream", param="stream")
-    stored = await _services().responses.get(response_id)
+    stored = await _owned(response_id)
     if stored is None:
         raise _not_found(response_id)
     return stored.response, 200
@@ -189,14 +205,14 @@ async def retrieve(response_id: str) -> tuple[dict[str, Any], int]:
 
 @blueprint.delete("/v1/responses/<response_id>")
 async def delete(response_id: str) -> tuple[dict[str, Any], int]:
-    if not await _services().responses.delete(response_id):
+    if await _owned(response_id) is None or not await _services().responses.delete(response_id):
         raise _not_found(response_id)
     return {"id": response_id, "object": "response", "deleted": True}, 200
 
 
 @blueprint.post("/v1/responses/<response_id>/cancel")
 async def cancel(response_id: str) -> tuple[dict[str, Any], int]:
-    if await _services().responses.get(response_id) is None:
+    if await _owned(response_id) is None:
         raise _not_found(response_id)
     raise errors.InvalidRequest("Only responses created with background=true can be "
                                 "cancelled, and this gateway does not run background "
@@ -205,7 +221,7 @@ async def cancel(response_id: str) -> tuple[dict[str, Any], int]:
 
 @blueprint.get("/v1/responses/<response_id>/input_items")
 async def input_items(response_id: str) -> tuple[dict[str, Any], int]:
-    stored = await _services().responses.get(response_id)
+    stored = await _owned(response_id)
     if stored is None:
         raise _not_found(response_id)
     order = request.args.get("order", "desc")
@@ -244,6 +260,7 @@ async def input_tokens() -> tuple[dict[str, Any], int]:
     body = await run_cpu(offload, parse_within_limits, raw, services.config.server)
     if isinstance(body, dict) and body.get("input") is not None and "model" not in body:
         body = {**body, "model": "-"}  # the count does not depend on the model
-    parsed = await parse(body, services, offload=offload)
+    owner = owner_of(request.scope, services.config.server.api_keys)
+    parsed = await parse(body, services, offload=offload, owner=owner)
     count = await run_cpu(offload, estimate_tokens, parsed.chat)
     return {"object": "response.input_tokens", "input_tokens": count}, 200

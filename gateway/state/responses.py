@@ -32,6 +32,7 @@ class StoredResponse:
     output_items: tuple[JSONDict, ...]  # as kept: thoughts sealed
     previous_id: str | None
     size: int  # bytes it holds, roughly (its JSON)
+    owner: str = ""  # whose it is (a digest of the API key that made it; "" without keys)
 
 
 class BrokenChain(Exception):

@@ -199,6 +199,7 @@ def parse_responses_request(
         conversation.add(item, f"input[{i}]")
     if not conversation.messages:
         raise _invalid("input must hold at least one user or assistant item", "input")
+    conversation.check_answered()
 
     reasoning = _object(body.get("reasoning"), "reasoning")
     effort = reasoning.get("effort")
@@ -277,7 +278,7 @@ def _thinking(effort: Any, summary: Any) -> c.Thinking | None:
 
 
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
-    if body.get("background") is True:
+    if optional_bool(body, "background"):
         raise _invalid("background responses are not supported by this gateway; "
                        "send the request without background", "background")
     if body.get("conversation") is not None:
@@ -320,7 +321,20 @@ def _include(value: Any) -> frozenset[str]:
         raise _invalid("include must be a list of strings", "include")
     if "message.output_text.logprobs" in value:
         raise _invalid("logprobs are not supported by this gateway", "include")
+    unknown = [v for v in value if v not in _INCLUDABLE]
+    if unknown:
+        raise _invalid(f"include: {unknown[0][:60]!r} is not a value this API knows; it takes "
+                       f"{', '.join(sorted(_INCLUDABLE))}", "include")
     return frozenset(value)
+
+
+# What `include` may ask for: the encrypted reasoning (honoured) and what only built-in tools
+# or stored files produce (nothing here does, so asking changes nothing).
+_INCLUDABLE = frozenset({
+    ENCRYPTED_REASONING, "message.input_image.image_url", "file_search_call.results",
+    "web_search_call.results", "web_search_call.action.sources",
+    "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+})
 
 
 def _metadata(value: Any) -> dict[str, str]:
@@ -347,11 +361,16 @@ def _text_format(value: Any) -> c.ResponseFormat | None:
         return c.ResponseFormat("json")
     if kind == "json_schema":
         assert isinstance(value, Mapping)
+        name = value.get("name")
+        if name is not None and (not isinstance(name, str) or not TOOL_NAME.fullmatch(name)):
+            raise _invalid("text.format.name must be 1-64 characters of a-z, A-Z, 0-9, _ or -",
+                           "text.format.name")
+        strict = value.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise _invalid("text.format.strict must be a boolean", "text.format.strict")
         schema = value.get("schema")
-        if schema is None:
-            return c.ResponseFormat("json")
         if not isinstance(schema, Mapping):
-            raise _invalid("text.format.schema must be a JSON Schema object",
+            raise _invalid("text.format.schema is required: a JSON Schema object",
                            "text.format.schema")
         return c.ResponseFormat("json_schema", dict(schema))
     raise _invalid("text.format.type must be text, json_object or json_schema",
@@ -421,7 +440,7 @@ def _declared(item: Mapping[str, Any]) -> JSONDict:
     if item.get("type") == "function":
         return {"description": None, "parameters": None, "strict": None, **item}
     if item.get("type") == "namespace":
-        return {**item, "tools": [_declared(t) for t in item.get("tools", [])]}
+        return {"description": "", **item, "tools": [_declared(t) for t in item.get("tools", [])]}
     return dict(item)
 
 
@@ -441,6 +460,9 @@ def _tool(
     description = item.get("description")
     if description is not None and not isinstance(description, str):
         raise _invalid(f"{param}.description must be a string", f"{param}.description")
+    strict = item.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise _invalid(f"{param}.strict must be a boolean", f"{param}.strict")
     custom = item.get("type") == "custom"
     names[flat] = ToolName(name, namespace, custom)
     if custom:
@@ -473,10 +495,22 @@ def _custom_schema(value: Any, param: str) -> JSONDict:
             "required": ["input"]}
 
 
-def _find_tool(names: Mapping[str, ToolName], name: Any, *, custom: bool) -> str | None:
-    for flat, named in names.items():
-        if named.custom == custom and (named.name == name or flat == name):
-            return flat
+def _find_tool(
+    names: Mapping[str, ToolName], choice: Mapping[str, Any], *, custom: bool, param: str
+) -> str | None:
+    """The flat name of the tool a choice names: by namespace and name when it gives a
+    namespace, else a top-level tool of that name first, then any."""
+    name, namespace = choice.get("name"), choice.get("namespace")
+    if namespace is not None:
+        if not isinstance(namespace, str):
+            raise _invalid(f"{param}.namespace must be a string", f"{param}.namespace")
+        named = names.get(flat_name(str(name), namespace))
+        return flat_name(str(name), namespace) if named and named.custom == custom else None
+    for top_level_first in (True, False):
+        for flat, named in names.items():
+            if named.custom == custom and (named.namespace is None or not top_level_first) and (
+                    named.name == name or flat == name):
+                return flat
     return None
 
 
@@ -494,22 +528,23 @@ def _tool_choice(
         choice = c.ToolChoice("none" if value == "none" else "any")
     elif kind in ("function", "custom"):
         assert isinstance(value, Mapping)
-        flat = _find_tool(names, value.get("name"), custom=kind == "custom")
+        flat = _find_tool(names, value, custom=kind == "custom", param="tool_choice")
         if flat is None:
-            raise _invalid(f"tool_choice.name must name one of the {kind} tools",
-                           "tool_choice.name")
+            raise _invalid(f"tool_choice.name must name one of the {kind} tools (in its "
+                           "namespace, when it names one)", "tool_choice.name")
         choice = c.ToolChoice("tool", name=flat)
     elif kind == "allowed_tools":
         assert isinstance(value, Mapping)
         mode = value.get("mode", "auto")
         allowed = value.get("tools")
-        if mode not in ("auto", "required") or not isinstance(allowed, list):
+        if mode not in ("auto", "required") or not isinstance(allowed, list) or not allowed:
             raise _invalid("tool_choice.allowed_tools needs mode (auto or required) and a "
-                           "list of tools", "tool_choice")
+                           "non-empty list of tools", "tool_choice")
         keep: set[str] = set()
         for j, entry in enumerate(allowed):
             entry_kind = entry.get("type") if isinstance(entry, Mapping) else None
-            flat = (_find_tool(names, entry.get("name"), custom=entry_kind == "custom")
+            flat = (_find_tool(names, entry, custom=entry_kind == "custom",
+                               param=f"tool_choice.tools[{j}]")
                     if isinstance(entry, Mapping) and entry_kind in ("function", "custom")
                     else None)
             if flat is None:
@@ -551,8 +586,30 @@ def _input_items(value: Any, new_id: NewId) -> list[JSONDict]:
         normal = {**item, "type": kind}
         if not isinstance(normal.get("id"), str) or not normal["id"]:
             normal["id"] = new_id(prefixes.get(str(kind), "item"))
+        if kind in prefixes and kind != "reasoning":
+            normal.setdefault("status", "completed")
+        if kind == "message":
+            normal["content"] = _listed_content(normal.get("content"), normal.get("role"))
         items.append(normal)
     return items
+
+
+def _listed_content(content: Any, role: Any) -> Any:
+    """A message's content in the form the API lists it: parts, each with its defaults (a
+    string becomes one text part; what is not well formed is left for the parser to refuse)."""
+    kind = "output_text" if role == "assistant" else "input_text"
+    if isinstance(content, str):
+        content = [{"type": kind, "text": content}]
+    if not isinstance(content, list):
+        return content
+    listed: list[Any] = []
+    for part in content:
+        if isinstance(part, Mapping) and part.get("type") == "input_image":
+            part = {"detail": "auto", **part}
+        elif isinstance(part, Mapping) and part.get("type") == "output_text":
+            part = {"annotations": [], **part}
+        listed.append(part)
+    return listed
 
 
 class _Conversation:
@@ -563,7 +620,8 @@ class _Conversation:
         self.messages: list[c.Message] = []
         self._fetched = fetched
         self._unseal = unseal
-        self._calls: dict[str, str] = {}  # call id -> flat tool name
+        self._calls: dict[str, tuple[str, bool]] = {}  # call id -> (flat tool name, custom)
+        self._answered: set[str] = set()
 
     def add(self, item: Mapping[str, Any], param: str) -> None:
         kind = item.get("type") or ("message" if "role" in item else None)
@@ -587,6 +645,13 @@ class _Conversation:
             raise _invalid(f"{param}.type must be message, function_call, "
                            "function_call_output, custom_tool_call, custom_tool_call_output "
                            "or reasoning", f"{param}.type")
+
+    def check_answered(self) -> None:
+        """Every call has its output (the model cannot go on from a call it made)."""
+        waiting = [call_id for call_id in self._calls if call_id not in self._answered]
+        if waiting:
+            raise _invalid(f"No tool output found for function call {waiting[0][:64]}.",
+                           "input")
 
     def _assistant(self, blocks: Sequence[c.ContentBlock]) -> None:
         if self.messages and self.messages[-1].role == "assistant":
@@ -699,13 +764,29 @@ class _Conversation:
             arguments: dict[str, Any] = {"input": raw}
         else:
             arguments = parse_arguments(item.get("arguments"), f"{param}.arguments")
-        self._calls[call_id] = flat
+        if call_id in self._calls:
+            raise _invalid(f"{param}.call_id: duplicate call_id {call_id[:64]!r} (another call "
+                           "already has it)", f"{param}.call_id")
+        self._calls[call_id] = (flat, custom)
         self._assistant([c.ToolUseBlock(id=call_id, name=flat, input=arguments)])
 
     def _output(self, item: Mapping[str, Any], param: str) -> None:
         call_id = item.get("call_id")
         if not isinstance(call_id, str) or not call_id:
             raise _invalid(f"{param}.call_id must be a non-empty string", f"{param}.call_id")
+        called = self._calls.get(call_id)
+        custom = item.get("type") == "custom_tool_call_output"
+        if called is None:
+            raise _invalid(f"No tool call found for {'custom tool' if custom else 'function'} "
+                           f"call output with call_id {call_id[:64]}.", f"{param}.call_id")
+        if call_id in self._answered:
+            raise _invalid(f"{param}.call_id: the call {call_id[:64]} already has an output",
+                           f"{param}.call_id")
+        if called[1] != custom:
+            wanted = "custom_tool_call_output" if called[1] else "function_call_output"
+            raise _invalid(f"{param}.type: call {call_id[:64]} is answered with a {wanted}",
+                           f"{param}.type")
+        self._answered.add(call_id)
         output = item.get("output")
         content: list[c.TextBlock | c.ImageBlock] = []
         if isinstance(output, str):
@@ -721,7 +802,7 @@ class _Conversation:
             raise _invalid(f"{param}.output must be a string or a list of parts",
                            f"{param}.output")
         result = c.ToolResultBlock(tool_use_id=call_id, content=tuple(content),
-                                   name=self._calls.get(call_id))
+                                   name=called[0])
         self._user([result])
 
     def _reasoning(self, item: Mapping[str, Any], param: str) -> None:

@@ -141,3 +141,31 @@ async def test_effort_is_checked_whatever_else_the_body_says(gateway: RunningGat
     response = await post(gateway, "/v1/messages", dropped)
     assert response.status_code == 400
     assert response.json()["error"]["message"].startswith("messages.1.output_config.effort")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate"])
+async def test_compressed_bodies_are_415_naming_the_encoding(
+    gateway: RunningGateway, encoding: str
+) -> None:
+    import gzip
+
+    body = json.dumps({"model": "gemini-3-flash", "messages": [
+        {"role": "user", "content": "hi"}]}).encode()
+    sent = gzip.compress(body) if encoding == "gzip" else body
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(gateway.url + "/v1/chat/completions", content=sent, headers={
+            "content-type": "application/json", "content-encoding": encoding})
+    assert response.status_code == 415
+    assert encoding in response.json()["error"]["message"]
+
+
+async def test_a_huge_integer_is_refused_without_python_internals(
+    gateway: RunningGateway,
+) -> None:
+    raw = b'{"model": "gemini-3-flash", "max_tokens": ' + b"9" * 5000 + b', "messages": []}'
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(gateway.url + "/v1/chat/completions", content=raw,
+                                   headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "4300 digits" in message and "sys." not in message

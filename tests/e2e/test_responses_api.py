@@ -310,3 +310,46 @@ async def test_langchain_use_responses_api(gateway: RunningGateway) -> None:
     assert plain == "Echo: Hello from LangChain"
     assert "get_weather returned" in final
     assert streamed == "Echo: Stream to LangChain"
+
+
+async def test_stored_responses_belong_to_the_key_that_made_them(
+    start_gateway: Callable[..., Any],
+) -> None:
+    """Two keys are two users: one's stored responses do not exist for the other."""
+    gateway = await start_gateway(server={"api_keys": ("key-alice", "key-bob")})
+    alice = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="key-alice", max_retries=0)
+    bob = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="key-bob", max_retries=0)
+    first = await call(lambda: alice.responses.create(model=GEMINI, input="secret plan"))
+    assert (await call(lambda: alice.responses.retrieve(first.id))).id == first.id
+    for attempt in (lambda: bob.responses.retrieve(first.id),
+                    lambda: bob.responses.input_items.list(first.id),
+                    lambda: bob.responses.delete(first.id),
+                    lambda: bob.responses.create(model=GEMINI, input="more",
+                                                 previous_response_id=first.id)):
+        with pytest.raises(openai.NotFoundError):
+            await call(attempt)
+    items = await call(lambda: alice.responses.input_items.list(first.id))
+    assert [i.type for i in items.data] == ["message"]  # still there: bob's delete failed
+
+
+async def test_input_items_list_validates(gateway: RunningGateway) -> None:
+    client = client_for(gateway)
+    response = await call(lambda: client.responses.create(model=CLAUDE, input=[
+        {"role": "developer", "content": "be kind"},
+        {"role": "user", "content": "call f"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "done"},
+    ], tools=[{"type": "function", "name": "f", "parameters": {"type": "object",
+                                                                "properties": {}}}]))
+    listed = await raw(gateway, "GET", f"/v1/responses/{response.id}/input_items",
+                       params={"order": "asc"})
+    from openai.types.responses import ResponseItemList
+    page = ResponseItemList.model_validate(listed.json())
+    assert [item.type for item in page.data] == ["message", "message", "function_call",
+                                                 "function_call_output"]
+    orphan = await raw(gateway, "POST", "/v1/responses", json={"model": CLAUDE, "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "function_call_output", "call_id": "nope", "output": "42"}]})
+    assert orphan.status_code == 400
+    assert orphan.json()["error"]["param"] == "input[1].call_id"
+    assert "No tool call found" in orphan.json()["error"]["message"]

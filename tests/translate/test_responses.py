@@ -291,6 +291,50 @@ def test_builtin_tools_are_refused_by_name(tool: dict[str, Any], named: str) -> 
                                                {"type": "function", "name": "f"}]},
          "tools[1].name"),
         ({"model": "m", "input": "x", "metadata": {"k": 1}}, "metadata.k"),
+        # calls and their outputs are checked here, before any upstream call
+        ({"model": "m", "input": [{"role": "user", "content": "hi"}, {
+            "type": "function_call_output", "call_id": "nope", "output": "42"}]},
+         "input[1].call_id"),
+        ({"model": "m", "input": [
+            {"type": "function_call_output", "call_id": "c", "output": "42"},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]},
+         "input[0].call_id"),
+        ({"model": "m", "input": [
+            {"role": "user", "content": "hi"},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"role": "user", "content": "well?"}]}, "input"),
+        ({"model": "m", "input": [
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]},
+         "input[1].call_id"),
+        ({"model": "m", "input": [
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "1"},
+            {"type": "function_call_output", "call_id": "c", "output": "2"}]},
+         "input[2].call_id"),
+        ({"model": "m", "input": [
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "custom_tool_call_output", "call_id": "c", "output": "1"}]},
+         "input[1].type"),
+        ({"model": "m", "input": "x", "background": "yes"}, "background"),
+        ({"model": "m", "input": "x", "include": ["bogus.value"]}, "include"),
+        ({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f",
+                                                "strict": "yes"}]}, "tools[0].strict"),
+        ({"model": "m", "input": "x", "text": {"format": {"type": "json_schema", "name": "x"}}},
+         "text.format.schema"),
+        ({"model": "m", "input": "x", "text": {"format": {
+            "type": "json_schema", "name": "a b/c", "schema": {}}}}, "text.format.name"),
+        ({"model": "m", "input": "x", "text": {"format": {
+            "type": "json_schema", "name": "x", "strict": 1, "schema": {}}}},
+         "text.format.strict"),
+        ({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}],
+          "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": []}},
+         "tool_choice"),
+        ({"model": "m", "input": "x", "tools": [
+            {"type": "namespace", "name": "ns", "description": "d", "tools": [
+                {"type": "function", "name": "f"}]}],
+          "tool_choice": {"type": "function", "name": "f", "namespace": "zz"}},
+         "tool_choice.name"),
     ],
 )
 def test_invalid_bodies_name_the_parameter(body: dict[str, Any], param: str) -> None:
@@ -511,3 +555,34 @@ def test_stream_events_reassemble_to_the_rendered_response(
     assert without_ids(kept) == without_ids(encoder.kept_items)
     assert {k: v for k, v in unary.items() if k != "output"} == {
         k: v for k, v in final.items() if k != "output"}
+
+
+def test_a_namespace_in_tool_choice_picks_that_tool() -> None:
+    tools = [{"type": "function", "name": "get_w"},
+             {"type": "namespace", "name": "ns", "description": "d",
+              "tools": [{"type": "function", "name": "get_w"}]}]
+    body = {"model": "m", "input": "x", "tools": tools}
+    inside = parse({**body, "tool_choice": {"type": "function", "name": "get_w",
+                                            "namespace": "ns"}}).chat
+    assert inside.tool_choice == c.ToolChoice("tool", "ns__get_w")
+    top = parse({**body, "tool_choice": {"type": "function", "name": "get_w"}}).chat
+    assert top.tool_choice == c.ToolChoice("tool", "get_w")
+    allowed = parse({**body, "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [
+        {"type": "function", "name": "get_w", "namespace": "ns"}]}}).chat
+    assert [t.name for t in allowed.tools] == ["ns__get_w"]
+
+
+def test_input_items_are_kept_in_the_form_the_api_lists_them() -> None:
+    from openai.types.responses import ResponseItemList
+
+    items = parse({"model": "m", "input": [
+        {"role": "developer", "content": "dev"},
+        {"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;"
+                                      "base64," + PNG}]},
+        {"role": "assistant", "content": "a1"},
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c", "output": "ok"},
+    ]}).input_items
+    ResponseItemList.model_validate({"object": "list", "data": list(items), "first_id": "a",
+                                     "last_id": "b", "has_more": False})
+    assert items[2]["content"] == [{"type": "output_text", "text": "a1", "annotations": []}]
