@@ -51,6 +51,7 @@ from gateway.metrics import Metrics
 from gateway.sealing import Sealer, load_or_create_secret
 from gateway.server import is_loopback
 from gateway.signatures import SignatureCache
+from gateway.state.requests import RequestLog, RequestRecord
 from gateway.state.responses import MemoryResponseStore, ResponseStore
 from gateway.translate.models import FALLBACK, Catalogue, ModelInfo
 from gateway.upstream.client import CloudCodeClient, make_http_client
@@ -75,6 +76,7 @@ class Services:
     metrics: Metrics
     responses: ResponseStore
     sealer: Sealer
+    requests: RequestLog = attrs.field(factory=RequestLog)
     demo: bool = False
 
     def catalogue(self) -> Catalogue:
@@ -226,7 +228,7 @@ class GatewayASGI:
                 # before, hypercorn can trip over the bytes after it and close the
                 # connection before the answer is out.
                 await _drain(receive, config.body_timeout_seconds)
-            await _refuse(send, scope, refusal)
+            await _refuse(send, scope, refusal, services)
             return
         dialect = _CHAT_ROUTES.get(path)
         action = gemini_api.route(path)
@@ -240,7 +242,72 @@ class GatewayASGI:
                 return
             await handle_chat(scope, receive, send, dialect, services, self.admission(services))
             return
-        await self.inner(scope, receive, send)
+        await _observed(self.inner, scope, receive, send, services)
+
+
+# Routes whose requests are not worth a line at INFO or a place among the recent requests:
+# probes and scrapes come every few seconds, the dashboard watches itself.
+_QUIET_FACES = frozenset({"health", "metrics", "dashboard"})
+
+
+def _face_of(path: str) -> str:
+    """A small, fixed set of names for what a non-chat request was (a metric label)."""
+    if path in ("/health", "/metrics"):
+        return path[1:]
+    if path.startswith("/dashboard"):
+        return "dashboard"
+    if path.endswith("/count_tokens") or path.endswith(":countTokens") or (
+            path == "/v1/responses/input_tokens"):
+        return "count_tokens"
+    if path.startswith("/v1/responses/"):
+        return "responses_store"
+    if path.startswith(("/v1beta/models", "/v1alpha/models")):
+        return "gemini_models"
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        return "models"
+    if path in ("/account-limits", "/refresh-token", "/usage"):
+        return "admin"
+    if path == "/api/event_logging/batch":
+        return "telemetry"
+    return "unknown"
+
+
+async def _observed(
+    inner: Callable[..., Any], scope: Scope, receive: Receive, send: Send, services: Services
+) -> None:
+    """Serve a non-chat request through Quart, then log, count and record it."""
+    started = time.monotonic()
+    status = 0
+
+    async def watched(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        await send(message)
+
+    try:
+        await inner(scope, receive, watched)
+    finally:
+        _account_for(scope, services, status or 499, started)
+
+
+def _account_for(scope: Scope, services: Services, status: int, started: float) -> None:
+    path, method = scope["path"], scope["method"]
+    face = _face_of(path)
+    seconds = time.monotonic() - started
+    services.metrics.observe_request(route=face, model="-", status=status, seconds=seconds,
+                                     first_byte=None)
+    if face in _QUIET_FACES:
+        level = logging.DEBUG if status < 400 else logging.INFO
+    else:
+        level = logging.INFO
+        services.requests.add(RequestRecord(
+            at=services.clock(), face=face, method=method, route=path[:200], status=status,
+            latency_ms=round(seconds * 1000, 1),
+            key_label=auth.key_label(scope, services.config.server.api_keys),
+        ))
+    access_log.log(level, "request route=%s method=%s path=%s status=%d latency_ms=%d", face,
+                   loggable(method), loggable(path), status, seconds * 1000)
 
 
 def _gemini_v1(scope: Scope) -> Scope:
@@ -410,9 +477,11 @@ async def _drain(receive: Receive, seconds: float) -> None:
                 return
 
 
-async def _refuse(send: Send, scope: Scope, err: errors.GatewayError) -> None:
-    """Answer `err` in the format of the route (or of the client), with a request id and a
-    log line."""
+async def _refuse(
+    send: Send, scope: Scope, err: errors.GatewayError, services: Services
+) -> None:
+    """Answer `err` in the format of the route (or of the client), with a request id, a
+    log line, a metric and a record."""
     path = scope["path"]
     dialect = _dialect_for(path, header(scope, b"anthropic-version") is not None)
     status, body = dialect.error_body(err)
@@ -421,6 +490,12 @@ async def _refuse(send: Send, scope: Scope, err: errors.GatewayError) -> None:
                     {**err.headers(), "request-id": request_id, "x-request-id": request_id})
     access_log.info("request id=%s route=%s path=%s status=%d error=%s", request_id,
                     dialect.name, loggable(path), status, err.anthropic_type)
+    services.metrics.observe_request(route=dialect.name, model="-", status=status, seconds=0.0,
+                                     first_byte=None)
+    services.requests.add(RequestRecord(
+        at=services.clock(), face=dialect.name, method=scope["method"], route=path[:200],
+        status=status, latency_ms=0.0, error=err.anthropic_type,
+    ))
 
 
 def _raw_header(scope: Scope, name: bytes) -> bytes | None:

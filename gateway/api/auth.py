@@ -65,3 +65,8 @@ def owner_of(scope: Scope, keys: tuple[str, ...]) -> str:
         return ""
     given = presented_key(scope) or b""
     return "key-" + hashlib.sha256(b"gateway-owner\x00" + given).hexdigest()[:24]
+
+
+def key_label(scope: Scope, keys: tuple[str, ...]) -> str:
+    """A short, stable name for the request's key in logs and usage ("-" without keys)."""
+    return owner_of(scope, keys)[:12] if keys else "-"

@@ -26,7 +26,9 @@ import attrs
 import trio
 
 from gateway import errors
+from gateway.api.auth import key_label
 from gateway.config import ServerConfig
+from gateway.state.requests import RequestRecord
 from gateway.translate import canonical as c
 from gateway.translate.cloudcode import CloudCodeDecoder, to_cloudcode
 from gateway.translate.context import AppliedEdit
@@ -422,6 +424,8 @@ async def handle_chat(
             body = await run_cpu(offload, parse_within_limits, raw, server)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 outcome.requested = loggable(body["model"])
+            if isinstance(body, dict) and isinstance(body.get("stream"), bool):
+                stream = body["stream"]  # logged as asked, also when the request is refused
             prepared = await dialect.prepare(body, services, scope, offload=offload)
         except errors.GatewayError as err:
             outcome.status, outcome.error_type = err.status, err.anthropic_type
@@ -478,6 +482,18 @@ async def handle_chat(
             first_byte=outcome.first_byte,
         )
         usage = outcome.usage or c.Usage()
+        elapsed_ms = (time.monotonic() - started) * 1000
+        services.requests.add(RequestRecord(
+            at=services.clock(), face=dialect.name, method="POST", route=scope["path"][:200],
+            status=outcome.status, latency_ms=round(elapsed_ms, 1),
+            model_asked=None if outcome.requested == "-" else outcome.requested,
+            model_served=None if outcome.model == "-" else outcome.model,
+            account=None if outcome.account == "-" else outcome.account,
+            key_label=key_label(scope, services.config.server.api_keys), stream=stream,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cached_tokens=usage.cache_read_input_tokens, thinking_tokens=usage.thinking_tokens,
+            error=outcome.error_type,
+        ))
         access_log.info(
             "request id=%s route=%s requested=%s model=%s account=%s stream=%s status=%s "
             "latency_ms=%d ttfb_ms=%s input_tokens=%d output_tokens=%d cached_tokens=%d%s",
@@ -488,7 +504,7 @@ async def handle_chat(
             outcome.account,
             stream,
             outcome.status,
-            (time.monotonic() - started) * 1000,
+            elapsed_ms,
             "-" if outcome.first_byte is None else int(outcome.first_byte * 1000),
             usage.input_tokens,
             usage.output_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -233,3 +234,33 @@ async def test_health_is_503_while_the_upstream_refuses_our_client_version(
         health = await http.get(gateway.url + "/health")
     assert refused.status_code == 502
     assert health.status_code == 503 and health.json()["clientVersionRefused"] is True
+
+
+async def test_every_request_is_logged_and_recorded(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unknown routes, model lists, token counts and refused chat requests all get an
+    access line, a metric and a record (with the model and stream flag they asked for)."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        await http.get("/nope")
+        await http.get("/v1/models")
+        await http.post("/v1/messages/count_tokens", json={
+            "model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hi"}]})
+        await http.post("/v1/chat/completions", json={
+            "model": "no-such-model", "stream": True, "messages": [
+                {"role": "user", "content": "hi"}]})
+        await http.get("/health")
+    records = list(gateway.services.requests.recent)
+    by_face = {r.face: r for r in records}
+    assert by_face["unknown"].status == 404
+    assert by_face["models"].status == 200
+    assert by_face["count_tokens"].status == 200
+    refused = by_face["openai"]
+    assert (refused.status, refused.model_asked, refused.stream) == (404, "no-such-model", True)
+    assert "health" not in by_face  # probes are counted, not listed
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+    assert any("route=unknown" in line and "status=404" in line for line in lines)
+    assert any("requested=no-such-model" in line and "stream=True" in line for line in lines)
+    metrics = (await httpx.AsyncClient().get(gateway.url + "/metrics")).text
+    assert 'route="count_tokens"' in metrics and 'route="unknown"' in metrics
