@@ -311,10 +311,22 @@ def check_limits(body: Any, server: ServerConfig) -> None:
                 f"request (server.max_content_blocks = {server.max_content_blocks})",
                 param=field)
     tools = body.get("tools")
-    if isinstance(tools, list) and len(tools) > server.max_tools:
-        raise errors.InvalidRequest(
-            f"tools: {len(tools)} tools are more than this gateway takes in one request "
-            f"(server.max_tools = {server.max_tools})", param="tools")
+    if isinstance(tools, list):
+        # a Gemini tool object holds any number of function declarations: each counts
+        count = sum(_declarations(tool) for tool in tools)
+        if count > server.max_tools:
+            raise errors.InvalidRequest(
+                f"tools: {count} tools are more than this gateway takes in one request "
+                f"(server.max_tools = {server.max_tools})", param="tools")
+
+
+def _declarations(tool: Any) -> int:
+    if isinstance(tool, dict):
+        for key in ("functionDeclarations", "function_declarations"):
+            inner = tool.get(key)
+            if isinstance(inner, list):
+                return max(1, len(inner))
+    return 1
 
 
 _CONTENTS = b'"contents":[]'
@@ -386,6 +398,7 @@ async def handle_chat(
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             outcome.started = True
+            outcome.status = int(message["status"])  # what the client got (503 for a 529)
             # both SDKs surface these ids in their errors, so a user can find the log line
             id_header = request_id.encode()
             headers = [*message.get("headers", ()), (b"request-id", id_header),

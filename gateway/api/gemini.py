@@ -89,7 +89,10 @@ class GeminiDialect:
         thinking = chat.thinking is not None and chat.thinking.enabled
         model = services.resolve_model(chat.model, thinking=thinking)
         session = conversation_session_id(chat)
-        alt = query(scope).get("alt", [""])[-1].lower()
+        alt = query(scope).get("alt", ["json"])[-1].lower()
+        if alt not in ("json", "sse"):
+            raise errors.InvalidRequest(f"alt must be json or sse, not {alt[:20]!r}",
+                                        param="alt")
         return PreparedChat(chat, model, session, session, offload=offload,
                             face=_Face(parsed.include_thoughts, sse=alt == "sse"))
 

@@ -104,10 +104,16 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
 
-def _get(obj: Mapping[str, Any], name: str) -> Any:
-    """A field by its camelCase name, or its snake_case spelling (protobuf JSON takes both)."""
+def _get(obj: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """A field by its camelCase name, or its snake_case spelling (protobuf JSON takes both,
+    but not both at once). Only a missing or null field takes `default`: a wrong value of
+    another type is the caller's to refuse."""
+    snake = _snake(name)
+    if snake != name and name in obj and snake in obj:
+        _fail(name, f"is given twice, as {name} and as {snake}")
     value = obj.get(name)
-    return obj.get(_snake(name)) if value is None else value
+    value = obj.get(snake) if value is None else value
+    return default if value is None else value
 
 
 def wrap_signature(signature: str) -> str:
@@ -261,13 +267,24 @@ def _system(value: Any) -> tuple[c.TextBlock, ...]:
         return (c.TextBlock(value),) if value else ()
     content = _object(value, "systemInstruction")
     blocks = []
-    for i, part in enumerate(_list(_get(content, "parts") or [], "systemInstruction.parts")):
+    for i, part in enumerate(_list(_get(content, "parts", []), "systemInstruction.parts")):
         part = _object(part, f"systemInstruction.parts[{i}]")
         text = _get(part, "text")
         if not isinstance(text, str):
             _fail(f"systemInstruction.parts[{i}]", "a system instruction holds text parts only")
         blocks.append(c.TextBlock(text))
     return tuple(blocks)
+
+
+_DATA_FIELDS = ("text", "inlineData", "functionCall", "functionResponse", "fileData",
+                "executableCode", "codeExecutionResult")
+
+
+def _one_kind(part: Mapping[str, Any], path: str) -> None:
+    present = [name for name in _DATA_FIELDS if _get(part, name) is not None]
+    if len(present) > 1:
+        _fail(path, f"a part holds one of text, inlineData, functionCall or functionResponse, "
+                    f"not {' and '.join(present)}")
 
 
 class _Contents:
@@ -281,16 +298,27 @@ class _Contents:
         for i, raw in enumerate(contents):
             path = f"contents[{i}]"
             content = _object(raw, path)
-            role = _get(content, "role") or "user"
+            role = _get(content, "role", "user")
             if role not in ("user", "model", "function"):
                 _fail(f"{path}.role", f"must be user or model, not {str(role)[:20]!r}")
-            parts = _list(_get(content, "parts") or [], f"{path}.parts")
+            parts = _list(_get(content, "parts", []), f"{path}.parts")
             if role == "model":
                 blocks = self._model(parts, i, path)
                 self.unanswered = [(b.id, b.name) for b in blocks
                                    if isinstance(b, c.ToolUseBlock)]
+                ids = [call_id for call_id, _ in self.unanswered]
+                if len(set(ids)) != len(ids):
+                    twice = next(x for x in ids if ids.count(x) > 1)
+                    _fail(f"{path}.parts", f"two function calls share the id {twice[:64]!r}")
             else:
+                calls = len(self.unanswered)
                 blocks = self._user(parts, path)
+                if self.unanswered and calls:
+                    call_id, name = self.unanswered[0]
+                    named = "" if call_id.startswith("call_") else f" (id {call_id[:64]!r})"
+                    _fail(path, f"answers {calls - len(self.unanswered)} of the {calls} "
+                                f"function calls of the model turn before it: {name[:64]!r}"
+                                f"{named} has no functionResponse")
                 self.unanswered = []
             if blocks:
                 messages.append(c.Message("assistant" if role == "model" else "user",
@@ -303,6 +331,10 @@ class _Contents:
         for j, raw in enumerate(parts):
             where = f"{path}.parts[{j}]"
             part = _object(raw, where)
+            _one_kind(part, where)
+            if _get(part, "functionResponse") is not None:
+                _fail(where, "function responses belong in user turns, after the model turn "
+                             "that called them")
             signature = _get(part, "thoughtSignature")
             if signature is not None:
                 signature = _string(signature, f"{where}.thoughtSignature") or None
@@ -349,6 +381,7 @@ class _Contents:
         for j, raw in enumerate(parts):
             where = f"{path}.parts[{j}]"
             part = _object(raw, where)
+            _one_kind(part, where)
             response = _get(part, "functionResponse")
             if response is not None:
                 blocks.append(self._response(_object(response, f"{where}.functionResponse"),
@@ -377,10 +410,12 @@ class _Contents:
         payload = {} if payload is None else _object(payload, f"{path}.response")
         text, failed = _response_text(payload)
         content: list[c.TextBlock | c.ImageBlock] = [c.TextBlock(text)] if text else []
-        for k, raw in enumerate(_list(_get(response, "parts") or [], f"{path}.parts")):
+        for k, raw in enumerate(_list(_get(response, "parts", []), f"{path}.parts")):
             block = _media(_object(raw, f"{path}.parts[{k}]"), f"{path}.parts[{k}]")
-            if isinstance(block, c.ImageBlock):
-                content.append(block)
+            if not isinstance(block, c.ImageBlock):
+                _fail(f"{path}.parts[{k}]", "a function response carries images only; put "
+                                            "other data in its response object")
+            content.append(block)
         return c.ToolResultBlock(match[0], tuple(content), is_error=failed, name=name)
 
 
@@ -437,13 +472,14 @@ def _tools(value: Any) -> tuple[c.Tool, ...]:
                                        "declared functions; declare a function instead")
             if camel != "functionDeclarations":
                 _fail(f"{path}.{key}"[:80], "unknown tool kind; tools hold functionDeclarations")
-        declarations = _get(tool, "functionDeclarations") or []
+        declarations = _get(tool, "functionDeclarations", [])
         for j, declaration in enumerate(_list(declarations, f"{path}.functionDeclarations")):
             tools.append(_declaration(declaration, f"{path}.functionDeclarations[{j}]"))
-    names = [t.name for t in tools]
-    twice = next((n for n in names if names.count(n) > 1), None)
-    if twice is not None:
-        _fail("tools", f"function {twice!r} is declared twice")
+    seen: set[str] = set()
+    for tool_ in tools:
+        if tool_.name in seen:
+            _fail("tools", f"function {tool_.name!r} is declared twice")
+        seen.add(tool_.name)
     return tuple(tools)
 
 
@@ -493,7 +529,7 @@ def _tool_choice(value: Any, tools: Sequence[c.Tool]) -> c.ToolChoice | None:
     if config is None:
         return None
     config = _object(config, "toolConfig.functionCallingConfig")
-    mode = _get(config, "mode") or "AUTO"
+    mode = _get(config, "mode", "AUTO")
     if not isinstance(mode, str) or mode.upper() not in _MODES:
         _fail("toolConfig.functionCallingConfig.mode", "must be AUTO, ANY, NONE or VALIDATED")
     mode = mode.upper()
@@ -501,7 +537,9 @@ def _tool_choice(value: Any, tools: Sequence[c.Tool]) -> c.ToolChoice | None:
         return c.ToolChoice("none")
     if mode != "ANY":
         return c.ToolChoice("auto")
-    allowed = _get(config, "allowedFunctionNames") or []
+    if not tools:
+        _fail("toolConfig.functionCallingConfig.mode", "ANY needs declared functions")
+    allowed = _get(config, "allowedFunctionNames", [])
     names = _list(allowed, "toolConfig.functionCallingConfig.allowedFunctionNames")
     declared = {t.name for t in tools}
     for name in names:

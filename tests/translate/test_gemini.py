@@ -232,9 +232,32 @@ def test_builtin_tools_are_refused_by_name(tool: str) -> None:
         ({"contents": [user({"text": "hi"})],
           "tools": [{"functionDeclarations": [{"name": "9bad name"}]}]}, ["must start"]),
         ({"contents": [user({"text": "hi"})],
+          "tools": [{"functionDeclarations": [{"name": "f"}]}],
           "toolConfig": {"functionCallingConfig": {"mode": "ANY",
                                                    "allowedFunctionNames": ["nope"]}}},
          ["not a declared function"]),
+        ({"contents": [user({"text": "hi"})],
+          "toolConfig": {"functionCallingConfig": {"mode": "ANY"}}}, ["needs declared"]),
+        ({"contents": [user({"text": "go"}),
+                       model_turn({"functionCall": {"name": "f"}}, {"functionCall": {"name": "g"}}),
+                       user({"functionResponse": {"name": "f", "response": {}}})]},
+         ["answers 1 of the 2", "'g'"]),
+        ({"contents": [user({"text": "go"}),
+                       model_turn({"functionCall": {"id": "x", "name": "f"}},
+                                  {"functionCall": {"id": "x", "name": "g"}})]},
+         ["share the id 'x'"]),
+        ({"contents": [user({"text": "x", "inlineData": {"mimeType": "image/png",
+                                                          "data": "AA=="}})]},
+         ["not text and inlineData"]),
+        ({"contents": [model_turn({"functionResponse": {"name": "f", "response": {}}})]},
+         ["belong in user turns"]),
+        ({"contents": [{"role": 0, "parts": [{"text": "x"}]}]}, ["user or model"]),
+        ({"contents": [{"role": "user", "parts": {}}]}, ["parts", "array"]),
+        ({"contents": [user({"text": "hi"})], "tools": [{"functionDeclarations": {}}]},
+         ["functionDeclarations", "array"]),
+        ({"contents": [user({"text": "hi"})],
+          "tools": [{"functionDeclarations": [{"name": "f"}],
+                     "function_declarations": [{"name": "g"}]}]}, ["given twice"]),
         ({"contents": [user({"text": "hi"})], "safetySettings": [{"category": "X"}]},
          ["category and a threshold"]),
         ({"contents": [user({"text": "hi"})],
@@ -349,7 +372,9 @@ def test_what_the_client_is_given_comes_back_the_same(blocks: list[Any]) -> None
     body = wire.render_response(response, response_id="r", model_version="m",
                                 include_thoughts=True)
     content = body["candidates"][0]["content"]
-    history = {"contents": [user({"text": "go"}), content, user({"text": "and?"})]}
+    answers = [{"functionResponse": {"id": b.id, "name": b.name, "response": {"output": "ok"}}}
+               for b in blocks if isinstance(b, c.ToolUseBlock)]
+    history = {"contents": [user({"text": "go"}), content, user(*answers, {"text": "and?"})]}
     chat = parse(history).chat
     back = chat.messages[1].content
     expected: list[Any] = []
