@@ -258,3 +258,14 @@ async def test_safety_settings_reach_gemini_models_only(gateway: RunningGateway)
         "safetySettings": [{"category": "HARASSMENT", "threshold": "BLOCK_NONE"}]})
     assert response.status_code == 400
     assert "safety_settings[0].category" in response.json()["error"]["message"]
+
+
+async def test_declarations_count_toward_the_tool_limit(gateway: RunningGateway) -> None:
+    limit = gateway.config.server.max_tools
+    declarations = [{"name": f"f{i}"} for i in range(limit + 1)]
+    with trio.fail_after(5):  # refused before any per-declaration work
+        response = await raw(gateway, "POST", f"/v1beta/models/{GEMINI}:generateContent", json={
+            "contents": [{"parts": [{"text": "hi"}]}],
+            "tools": [{"functionDeclarations": declarations}]})
+    assert response.status_code == 400
+    assert "server.max_tools" in response.json()["error"]["message"]
