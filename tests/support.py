@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -83,3 +86,49 @@ def event_from_json(data: dict[str, Any]) -> Any:
     if "usage" in fields:
         fields["usage"] = c.Usage(**fields["usage"])
     return kinds[data["event"]](**fields)
+
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class GoldenFiles:
+    """A folder of golden JSON files: each holds its input and, under `expected`, what the
+    code under test made of it. With GATEWAY_UPDATE_GOLDEN=1, `check` rewrites `expected`
+    (then review the diff: these files are the protocol)."""
+
+    folder: Path
+
+    def names(self, prefix: str) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob(f"{prefix}_*.json"))
+
+    def load(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.folder / f"{name}.json").read_text())
+        return data
+
+    def check(self, name: str, actual: Any) -> None:
+        path = self.folder / f"{name}.json"
+        data = json.loads(path.read_text())
+        actual = json.loads(json.dumps(actual))  # tuples become lists, as in the file
+        if os.environ.get("GATEWAY_UPDATE_GOLDEN") == "1":
+            data["expected"] = actual
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        assert "expected" in data, f"{path.name} has no expected output; run " \
+                                   "GATEWAY_UPDATE_GOLDEN=1"
+        assert actual == data["expected"]
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking SDK call (the sync clients) off the event loop that serves it."""
+    import trio
+
+    return await trio.to_thread.run_sync(fn)
+
+
+async def raw_request(gateway: RunningGateway, method: str, path: str,
+                      **kwargs: Any) -> httpx.Response:
+    """One plain HTTP request to the gateway, for what an SDK would not send or show."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await http.request(method, gateway.url + path, **kwargs)

@@ -33,6 +33,7 @@ __all__ = [
     "IMAGE_MEDIA_TYPES",
     "AnthropicStreamEncoder",
     "SSEEvent",
+    "describe_json",
     "parse_count_tokens_request",
     "parse_messages_request",
     "render_context_management",
@@ -73,7 +74,8 @@ def _fail(param: str | None, problem: str) -> NoReturn:
     raise errors.InvalidRequest(message, param=param)
 
 
-def _describe(value: Any) -> str:
+def describe_json(value: Any) -> str:
+    """What kind of JSON value `value` is, for an error message (never the value)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -94,24 +96,24 @@ def _quote(value: Any) -> str:
     if isinstance(value, str):
         text = value if len(value) <= 40 else value[:40] + "..."
         return json.dumps(text)
-    return _describe(value)
+    return describe_json(value)
 
 
 def _object(value: Any, path: str | None) -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        _fail(path, f"expected an object, got {_describe(value)}")
+        _fail(path, f"expected an object, got {describe_json(value)}")
     return value
 
 
 def _list(value: Any, path: str) -> list[Any]:
     if not isinstance(value, list):
-        _fail(path, f"expected an array, got {_describe(value)}")
+        _fail(path, f"expected an array, got {describe_json(value)}")
     return value
 
 
 def _string(value: Any, path: str, *, non_empty: bool = False) -> str:
     if not isinstance(value, str):
-        _fail(path, f"expected a string, got {_describe(value)}")
+        _fail(path, f"expected a string, got {describe_json(value)}")
     if non_empty and not value:
         _fail(path, "must not be empty")
     return value
@@ -121,13 +123,13 @@ def _integer(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             return int(value)  # 1024.0 is what some JSON encoders write for 1024
-        _fail(path, f"expected an integer, got {_describe(value)}")
+        _fail(path, f"expected an integer, got {describe_json(value)}")
     return value
 
 
 def _number(value: Any, path: str, low: float, high: float | None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(path, f"expected a number, got {_describe(value)}")
+        _fail(path, f"expected a number, got {describe_json(value)}")
     try:
         number = float(value)
     except OverflowError:
@@ -140,13 +142,13 @@ def _number(value: Any, path: str, low: float, high: float | None) -> float:
 
 def _boolean(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
-        _fail(path, f"expected a boolean, got {_describe(value)}")
+        _fail(path, f"expected a boolean, got {describe_json(value)}")
     return value
 
 
 def _parse(body: Any, *, require_max_tokens: bool) -> c.ChatRequest:
     if not isinstance(body, dict):
-        _fail(None, f"request body must be a JSON object, got {_describe(body)}")
+        _fail(None, f"request body must be a JSON object, got {describe_json(body)}")
 
     if body.get("model") is None:
         _fail("model", "field required")

@@ -44,6 +44,7 @@ import attrs
 
 from gateway import errors
 from gateway.translate import canonical as c
+from gateway.translate.anthropic import describe_json
 from gateway.translate.cloudcode import untag_signature
 from gateway.translate.models import ModelInfo
 from gateway.translate.openai import DEFAULT_MAX_TOKENS, MAX_STOP_SEQUENCES
@@ -140,33 +141,21 @@ def _b64decode(data: str) -> bytes:
                             validate=True)
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
 def _object(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        _fail(path, f"expected an object, got {_describe(value)}")
+        _fail(path, f"expected an object, got {describe_json(value)}")
     return value
 
 
 def _list(value: Any, path: str) -> list[Any]:
     if not isinstance(value, list):
-        _fail(path, f"expected an array, got {_describe(value)}")
+        _fail(path, f"expected an array, got {describe_json(value)}")
     return value
 
 
 def _string(value: Any, path: str) -> str:
     if not isinstance(value, str):
-        _fail(path, f"expected a string, got {_describe(value)}")
+        _fail(path, f"expected a string, got {describe_json(value)}")
     return value
 
 

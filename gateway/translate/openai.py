@@ -55,6 +55,7 @@ __all__ = [
     "finish_reason",
     "image_block",
     "image_urls_to_fetch",
+    "json_schema_format",
     "number",
     "optional_bool",
     "parse_arguments",
@@ -283,18 +284,31 @@ def _response_format(value: Any) -> c.ResponseFormat | None:
             raise _invalid(
                 "response_format.json_schema must be an object", "response_format.json_schema"
             )
-        schema = spec.get("schema")
-        if schema is None:
-            return c.ResponseFormat("json")
-        if not isinstance(schema, Mapping):
-            raise _invalid(
-                "response_format.json_schema.schema must be an object",
-                "response_format.json_schema.schema",
-            )
-        return c.ResponseFormat("json_schema", dict(schema))
+        return json_schema_format(spec, "response_format.json_schema", schema_required=False)
     raise _invalid(
         "response_format.type must be text, json_object or json_schema", "response_format.type"
     )
+
+
+def json_schema_format(
+    spec: Mapping[str, Any], param: str, *, schema_required: bool
+) -> c.ResponseFormat:
+    """A `json_schema` output format (Chat's `response_format.json_schema`, Responses'
+    `text.format`): its name and strict flag checked, its schema (optional in Chat, where
+    leaving it out asks for any JSON object)."""
+    name = spec.get("name")
+    if name is not None and (not isinstance(name, str) or not TOOL_NAME.fullmatch(name)):
+        raise _invalid(f"{param}.name must be 1-64 characters of a-z, A-Z, 0-9, _ or -",
+                       f"{param}.name")
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise _invalid(f"{param}.strict must be a boolean", f"{param}.strict")
+    schema = spec.get("schema")
+    if schema is None and not schema_required:
+        return c.ResponseFormat("json")
+    if not isinstance(schema, Mapping):
+        raise _invalid(f"{param}.schema is required: a JSON Schema object", f"{param}.schema")
+    return c.ResponseFormat("json_schema", dict(schema))
 
 
 def _tools(value: Any) -> tuple[c.Tool, ...]:

@@ -52,6 +52,7 @@ from gateway.translate.openai import (
     TOOL_NAME,
     image_block,
     is_http_url,
+    json_schema_format,
     number,
     optional_bool,
     parse_arguments,
@@ -361,18 +362,7 @@ def _text_format(value: Any) -> c.ResponseFormat | None:
         return c.ResponseFormat("json")
     if kind == "json_schema":
         assert isinstance(value, Mapping)
-        name = value.get("name")
-        if name is not None and (not isinstance(name, str) or not TOOL_NAME.fullmatch(name)):
-            raise _invalid("text.format.name must be 1-64 characters of a-z, A-Z, 0-9, _ or -",
-                           "text.format.name")
-        strict = value.get("strict")
-        if strict is not None and not isinstance(strict, bool):
-            raise _invalid("text.format.strict must be a boolean", "text.format.strict")
-        schema = value.get("schema")
-        if not isinstance(schema, Mapping):
-            raise _invalid("text.format.schema is required: a JSON Schema object",
-                           "text.format.schema")
-        return c.ResponseFormat("json_schema", dict(schema))
+        return json_schema_format(value, "text.format", schema_required=True)
     raise _invalid("text.format.type must be text, json_object or json_schema",
                    "text.format.type")
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,6 @@ RUN_SECONDS = 120
 def claude_code() -> Path:
     """The pinned Claude Code binary, installed from npm on first use."""
     return npm_binary("@anthropic-ai/claude-code", CLAUDE_CODE_VERSION, "claude")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    proc, running = start_demo(tmp_path_factory.mktemp("demo"), {})
-    try:
-        yield running
-    finally:
-        stop_demo(proc)
-    assert "Traceback" not in "".join(running.lines)
 
 
 def claude(
@@ -69,20 +58,6 @@ def completed(run: Run) -> str:
     assert run.returncode == 0, run.output
     assert "API Error" not in run.output, run.output
     return run.output
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "project"
-    path.mkdir()
-    return path
 
 
 def test_say_hello_with_only_the_base_url_and_key(

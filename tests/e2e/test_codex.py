@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.clis import Demo, Run, npm_binary, start_demo, stop_demo
+from tests.clis import Demo, Run, npm_binary
 
 CODEX_VERSION = "0.169.0"
 RUN_SECONDS = 120
@@ -30,30 +29,6 @@ RUN_SECONDS = 120
 @pytest.fixture(scope="module")
 def codex_cli() -> Path:
     return npm_binary("@openai/codex", CODEX_VERSION, "codex")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    proc, running = start_demo(tmp_path_factory.mktemp("demo"), {})
-    try:
-        yield running
-    finally:
-        stop_demo(proc)
-    assert "Traceback" not in "".join(running.lines)
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "project"
-    path.mkdir()
-    return path
 
 
 def codex(

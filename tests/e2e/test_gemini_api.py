@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import pytest
 import trio
 from google import genai
@@ -21,8 +20,8 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from tests.support import RunningGateway, generation_requests
-
-T = TypeVar("T")
+from tests.support import in_thread as call
+from tests.support import raw_request as raw
 
 GEMINI = "gemini-3-flash"
 GEMINI_SIGNING = "gemini-3.1-pro-high"  # signs its function calls: replays need the signature
@@ -40,13 +39,6 @@ def client_for(gateway: RunningGateway, key: str = "test") -> genai.Client:
         base_url=gateway.url, timeout=30_000, retry_options=types.HttpRetryOptions(attempts=1)))
 
 
-async def call(fn: Callable[[], T]) -> T:
-    return await trio.to_thread.run_sync(fn)
-
-
-async def raw(gateway: RunningGateway, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=30) as http:
-        return await http.request(method, gateway.url + path, **kwargs)
 
 
 async def test_generate_text(gateway: RunningGateway) -> None:

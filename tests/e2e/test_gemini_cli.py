@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.clis import Demo, Run, npm_binary, start_demo, stop_demo
+from tests.clis import Demo, Run, npm_binary
 
 GEMINI_CLI_VERSION = "0.61.0"
 RUN_SECONDS = 120
@@ -32,31 +31,14 @@ def gemini_cli() -> Path:
     return npm_binary("@google/gemini-cli", GEMINI_CLI_VERSION, "gemini")
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    proc, running = start_demo(tmp_path_factory.mktemp("demo"), {})
-    try:
-        yield running
-    finally:
-        stop_demo(proc)
-    assert "Traceback" not in "".join(running.lines)
-
-
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    (path / ".gemini").mkdir(parents=True)
+def home(home: Path) -> Path:
+    """The shared fresh home, with the settings that choose API-key auth."""
+    (home / ".gemini").mkdir()
     settings = {"security": {"auth": {"selectedType": "gemini-api-key"}},
                 "privacy": {"usageStatisticsEnabled": False}}
-    (path / ".gemini" / "settings.json").write_text(json.dumps(settings))
-    return path
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "project"
-    path.mkdir()
-    return path
+    (home / ".gemini" / "settings.json").write_text(json.dumps(settings))
+    return home
 
 
 def gemini(binary: Path, demo: Demo, home: Path, workdir: Path, *args: str, model: str) -> Run:

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import openai
 import pytest
-import trio
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.support import RunningGateway, generation_requests
-
-T = TypeVar("T")
+from tests.support import in_thread as call
+from tests.support import raw_request as raw
 
 GEMINI = "gemini-3-flash"
 CLAUDE = "claude-sonnet-4-6"
@@ -41,13 +40,6 @@ def client_for(gateway: RunningGateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="test", max_retries=0, timeout=30)
 
 
-async def call(fn: Callable[[], T]) -> T:
-    return await trio.to_thread.run_sync(fn)
-
-
-async def raw(gateway: RunningGateway, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=30) as http:
-        return await http.request(method, gateway.url + path, **kwargs)
 
 
 async def test_create_text(gateway: RunningGateway) -> None:

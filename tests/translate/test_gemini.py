@@ -12,8 +12,6 @@ types.
 from __future__ import annotations
 
 import base64
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +25,17 @@ from gateway import errors
 from gateway.translate import canonical as c
 from gateway.translate import gemini as wire
 from tests.strategies import event_streams
-from tests.support import event_from_json
+from tests.support import GoldenFiles, event_from_json
 from tests.translate.test_responses import response_from_json
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "gemini"
-UPDATE = os.environ.get("GATEWAY_UPDATE_GOLDEN") == "1"
+GOLDEN = GoldenFiles(Path(__file__).resolve().parent.parent / "fixtures" / "gemini")
+load, fixture_names, check_golden = GOLDEN.load, GOLDEN.names, GOLDEN.check
 
 
-def load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
-    return data
 
 
-def fixture_names(prefix: str) -> list[str]:
-    return sorted(p.stem for p in FIXTURES.glob(f"{prefix}_*.json"))
 
 
-def check_golden(name: str, actual: Any) -> None:
-    path = FIXTURES / f"{name}.json"
-    data = json.loads(path.read_text())
-    actual = json.loads(json.dumps(actual))
-    if UPDATE:
-        data["expected"] = actual
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    assert "expected" in data, f"{path.name} has no expected output; run GATEWAY_UPDATE_GOLDEN=1"
-    assert actual == data["expected"]
 
 
 def parse(body: Any, model: str = "gemini-3-flash", stream: bool = False) -> wire.GeminiRequest:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,10 @@ from gateway import errors
 from gateway.translate import canonical as c
 from gateway.translate import responses as wire
 from tests.strategies import event_streams
-from tests.support import event_from_json
+from tests.support import GoldenFiles, event_from_json
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "responses"
-UPDATE = os.environ.get("GATEWAY_UPDATE_GOLDEN") == "1"
+GOLDEN = GoldenFiles(Path(__file__).resolve().parent.parent / "fixtures" / "responses")
+load, fixture_names, check_golden = GOLDEN.load, GOLDEN.names, GOLDEN.check
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -62,24 +61,10 @@ def parse(body: Any, *, history: Any = (), **fetched: tuple[str, str]) -> wire.R
     )
 
 
-def load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
-    return data
 
 
-def fixture_names(prefix: str) -> list[str]:
-    return sorted(p.stem for p in FIXTURES.glob(f"{prefix}_*.json"))
 
 
-def check_golden(name: str, actual: Any) -> None:
-    path = FIXTURES / f"{name}.json"
-    data = json.loads(path.read_text())
-    actual = json.loads(json.dumps(actual))
-    if UPDATE:
-        data["expected"] = actual
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    assert "expected" in data, f"{path.name} has no expected output; run GATEWAY_UPDATE_GOLDEN=1"
-    assert actual == data["expected"]
 
 
 def parsed_view(request: wire.ResponsesRequest) -> dict[str, Any]:
