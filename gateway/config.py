@@ -143,6 +143,9 @@ class AccountsConfig:
     # Refresh an access token this long before it expires.
     refresh_margin_seconds: float = 300.0
     quota_probe_interval_seconds: float = 300.0
+    # How often the supervisor checks the accounts file for added or removed accounts
+    # (`gateway accounts add/remove`, an edit); 0 turns hot reload off.
+    reload_seconds: float = 2.0
 
 
 @attrs.frozen(slots=True)
@@ -239,6 +242,7 @@ _NON_NEGATIVE = {
     "upstream.rate_limit_quick_retry_seconds",
     "upstream.soft_rate_limit_wait_seconds",
     "upstream.bare_rate_limit_cooldown_seconds",
+    "accounts.reload_seconds",
 }
 
 

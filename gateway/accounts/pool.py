@@ -25,7 +25,9 @@ from gateway import errors
 from gateway.accounts.model import Account, account_handle
 from gateway.translate.models import Catalogue, ModelInfo
 
-__all__ = ["AccountEntry", "AccountPool", "AccountStatus", "Pick", "PoolSnapshot"]
+__all__ = [
+    "AccountEntry", "AccountPool", "AccountStatus", "Membership", "Pick", "PoolSnapshot",
+]
 
 AccountStatus = Literal["ok", "invalid", "disabled", "no-token"]
 Selection = Literal["sticky", "round-robin"]
@@ -50,6 +52,17 @@ class Pick:
     @property
     def email(self) -> str:
         return self.account.email
+
+
+@attrs.frozen(slots=True)
+class Membership:
+    """What `replace_accounts` changed, by email, in the order of the stored accounts."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    # same email, a record changed on disk (a new grant, enabled, an invalid mark set or
+    # cleared elsewhere): its runtime state started afresh
+    renewed: tuple[str, ...] = ()
 
 
 @attrs.frozen(slots=True)
@@ -161,33 +174,36 @@ class AccountPool:
 
     # -- membership ------------------------------------------------------------------------
 
-    def replace_accounts(self, accounts: Iterable[Account]) -> None:
+    def replace_accounts(self, accounts: Iterable[Account]) -> Membership:
         """Adopt the stored accounts (after an add or remove), keeping known runtime state.
 
         A stored record that changed (re-added, so its grant or invalid mark changed) starts
-        afresh; an unchanged one keeps its token, cooldowns and quotas.
+        afresh; an unchanged one keeps its token, cooldowns and quotas. A record equal to
+        what the pool already knows of the account (its project, tier and invalid mark as
+        the supervisor found them) is unchanged too: that is the gateway's own write coming
+        back, and reading it must not throw away the account's token.
         """
         states: dict[str, _State] = {}
+        added: list[str] = []
+        renewed: list[str] = []
         for account in accounts:
             known = self._states.get(account.email)
-            states[account.email] = known if known and known.account == account else _State.of(
-                account
-            )
+            if known is None:
+                states[account.email] = _State.of(account)
+                added.append(account.email)
+            elif account in (known.account, known.current()):
+                known.account = account
+                states[account.email] = known
+            else:
+                states[account.email] = _State.of(account)
+                renewed.append(account.email)
+        removed = tuple(email for email in self._states if email not in states)
         self._states = states
         self._catalogue_stale = True
         for session, email in list(self._sessions.items()):
             if email not in states:
                 del self._sessions[session]
-
-    def adopt(self, account: Account) -> bool:
-        """Take a stored record whose grant changed on disk (the account was re-added by
-        `gateway accounts add` while serving): it starts afresh. False if nothing changed."""
-        known = self._states.get(account.email)
-        if known is None or known.account.refresh_token == account.refresh_token:
-            return False
-        self._states[account.email] = _State.of(account)
-        self._catalogue_stale = True
-        return True
+        return Membership(tuple(added), removed, tuple(renewed))
 
     def emails(self) -> list[str]:
         return list(self._states)
@@ -272,9 +288,14 @@ class AccountPool:
 
     # -- outcomes --------------------------------------------------------------------------
 
+    # Outcomes arrive from requests that picked the account earlier; one removed from the
+    # pool meanwhile (hot reload) is no longer anyone's concern, so they are dropped.
+
     def cooldown(self, email: str, model: str, seconds: float) -> None:
         """`email` may not serve `model` for `seconds` (the latest word from upstream wins)."""
-        self._state(email).cooldown_until[model] = self._clock() + max(0.0, seconds)
+        state = self._states.get(email)
+        if state is not None:
+            state.cooldown_until[model] = self._clock() + max(0.0, seconds)
 
     def clear_cooldowns(self, email: str | None = None) -> None:
         """Forget cooldowns (all accounts, or one): the operator says quota is back.
@@ -286,7 +307,9 @@ class AccountPool:
                 state.cooldown_until.clear()
 
     def cooldown_remaining(self, email: str, model: str) -> float:
-        return self._state(email).cooling(model, self._clock())
+        """Seconds until `email` may serve `model`; 0 for an account no longer in the pool."""
+        state = self._states.get(email)
+        return state.cooling(model, self._clock()) if state is not None else 0.0
 
     def success(self, email: str, model: str) -> None:
         state = self._states.get(email)

@@ -8,12 +8,20 @@ those it sleeps until its earliest deadline or until woken (`request_probe`, a r
 elsewhere): no polling. A revoked grant (invalid_grant) marks the account invalid in the
 pool and in the accounts file; other failures are retried with exponential backoff. Results
 go into the `AccountPool`, which the dispatcher and the admin routes read.
+
+The accounts file is watched too (hot reload): every `accounts.reload_seconds` the supervisor
+compares the file's mtime, size and inode with what it last read, and on a change reads it
+through the store and hands it to `AccountPool.replace_accounts`, which tells new, removed
+and changed accounts apart from the gateway's own writes coming back. A new account gets its
+own task at once (token, project, quotas); a removed one's task is cancelled, while requests
+already streaming on it finish. A file that cannot be read leaves the accounts as they are.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,7 +31,7 @@ import trio
 
 from gateway.accounts import oauth
 from gateway.accounts.model import Account, account_handle
-from gateway.accounts.pool import AccountPool
+from gateway.accounts.pool import AccountPool, Membership
 from gateway.accounts.store import AccountStore, AccountStoreError
 from gateway.config import Config
 from gateway.translate.models import is_served_id, parse_available_models
@@ -45,6 +53,11 @@ MAX_BACKOFF_SECONDS = 300.0
 PROBE_MIN_GAP_SECONDS = 30.0
 
 RefreshResult = dict[str, Any]
+# What tells one version of the accounts file from another: mtime (ns), size, inode. The
+# store replaces the file by rename, so every write gives it a new inode as well.
+FileMark = tuple[int, int, int]
+
+_NO_SUCH_ACCOUNT: RefreshResult = {"ok": False, "status": "unknown", "error": "no such account"}
 
 
 @attrs.define(slots=True)
@@ -52,6 +65,8 @@ class _Worker:
     """One account's task state: what it was asked to do and when it next must act."""
 
     email: str
+    # the task's own scope: cancelled when the account leaves the accounts file
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     wake: trio.Event = attrs.field(factory=trio.Event)
     first_round: trio.Event = attrs.field(factory=trio.Event)
     refresh_lock: trio.Lock = attrs.field(factory=trio.Lock)
@@ -127,6 +142,12 @@ class Supervisor:
         self._startup_wait = startup_wait_seconds
         self._probe_gap = probe_min_gap_seconds
         self._workers: dict[str, _Worker] = {email: _Worker(email) for email in pool.emails()}
+        self._nursery: trio.Nursery | None = None  # while `run` runs: where workers live
+        self._reload_lock = trio.Lock()
+        # The file as last read; None at first, so the first poll reads it whatever it says
+        # (it may have changed between the pool's loading and `run`).
+        self._file_seen: FileMark | None = None
+        self._reload_problem: str | None = None  # what was last logged about the file
 
     # -- the public face -------------------------------------------------------------------
 
@@ -138,16 +159,25 @@ class Supervisor:
         whichever is first, so a slow token endpoint never holds up start-up for long.
         """
         async with trio.open_nursery() as nursery:
-            for worker in self._workers.values():
-                nursery.start_soon(self._supervise, worker, name=f"supervise {worker.email}")
-            with trio.move_on_after(self._startup_wait) as waited:
-                for worker in self._workers.values():
-                    await worker.first_round.wait()
-            if waited.cancelled_caught:
-                log.warning(
-                    "starting before every account has a token: the token endpoint is slow"
-                )
-            task_status.started()
+            self._nursery = nursery
+            try:
+                for worker in list(self._workers.values()):
+                    self._start(worker)
+                interval = self.config.accounts.reload_seconds
+                if interval > 0:
+                    nursery.start_soon(self._watch_accounts, interval,
+                                       name="watch the accounts file")
+                with trio.move_on_after(self._startup_wait) as waited:
+                    for worker in list(self._workers.values()):
+                        await worker.first_round.wait()
+                if waited.cancelled_caught:
+                    log.warning(
+                        "starting before every account has a token: the token endpoint is slow"
+                    )
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
 
     def access_token(self, email: str) -> str | None:
         """The account's current access token, or None while it has no valid one."""
@@ -173,6 +203,8 @@ class Supervisor:
         if worker is None:
             return None
         async with worker.refresh_lock:
+            if not self._is_current(worker):
+                return self.pool.token(email)  # removed or re-added while we waited
             current = self.pool.token(email)
             if current is not None and current != rejected:
                 return current
@@ -190,18 +222,12 @@ class Supervisor:
         Runs the refreshes concurrently in a nursery of its own, so nothing is left behind
         when it returns; the accounts' own tasks then re-probe their quotas. Invalid
         accounts are tried too: this is how an operator checks whether a grant came back.
+        The accounts file is re-read first, so an account added or re-added on disk a moment
+        ago is refreshed too, whatever `accounts.reload_seconds` says.
         """
+        await self.reload_accounts()
         emails = [email] if email is not None else list(self._workers)
         results: dict[str, RefreshResult] = {}
-        try:
-            stored = await self.store.aload()
-        except AccountStoreError as exc:
-            log.error("cannot re-read the accounts file: %s", exc)
-            stored = []
-        for account in stored:
-            if self.pool.adopt(account):
-                log.info("account %s was re-added on disk; using its new grant",
-                         account_handle(account.email))
 
         async def one(worker: _Worker) -> None:
             results[worker.email] = await self._refresh(worker)
@@ -216,22 +242,119 @@ class Supervisor:
             for name in emails:
                 worker = self._workers.get(name)
                 if worker is None or name not in known:
-                    results[name] = {"ok": False, "status": "unknown", "error": "no such account"}
+                    results[name] = dict(_NO_SUCH_ACCOUNT)
                 else:
                     nursery.start_soon(one, worker)
         return {name: results[name] for name in emails}
 
+    async def reload_accounts(self) -> Membership | None:
+        """Re-read the accounts file; start the tasks of new accounts, stop removed ones'.
+
+        None when the file cannot be read or is gone: the accounts in use stay as they are
+        (and the problem is logged once, not at every poll).
+        """
+        async with self._reload_lock:
+            try:
+                mark, stored = await trio.to_thread.run_sync(self._read_accounts_file)
+            except AccountStoreError as exc:
+                # Not marked as seen: the next poll tries again (an editor may be mid-save).
+                in_use = len(self.pool.emails())
+                self._report(f"{exc}; keeping the {in_use} account(s) in use until it can be read")
+                return None
+            self._file_seen = mark
+            if stored is None:
+                if self.pool.emails():
+                    self._report(
+                        f"accounts file {self.store.path} is gone; keeping the "
+                        f"{len(self.pool.emails())} account(s) in use"
+                    )
+                return None
+            if self._reload_problem is not None:
+                log.info("accounts file %s can be read again", self.store.path)
+                self._reload_problem = None
+            changes = self.pool.replace_accounts(stored)
+            self._apply(changes)
+            return changes
+
+    # -- membership ------------------------------------------------------------------------
+
+    async def _watch_accounts(self, interval: float) -> None:
+        """Reload the accounts file whenever it is not the version last read."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                mark = await trio.to_thread.run_sync(self._file_mark)
+                if mark != self._file_seen or self._reload_problem is not None:
+                    await self.reload_accounts()
+            except Exception:
+                # Whatever went wrong, the accounts in use keep being served.
+                log.exception("watching the accounts file failed; retrying")
+
+    def _file_mark(self) -> FileMark | None:
+        try:
+            info = os.stat(self.store.path)
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def _read_accounts_file(self) -> tuple[FileMark | None, list[Account] | None]:
+        """The file's mark (taken first, so a change during the read is seen next time) and
+        its accounts; None for the accounts when there is no file."""
+        mark = self._file_mark()
+        accounts = self.store.load()
+        if not accounts and self._file_mark() is None:
+            return None, None
+        return mark, accounts
+
+    def _report(self, problem: str) -> None:
+        if problem != self._reload_problem:
+            log.error("%s", problem)
+            self._reload_problem = problem
+
+    def _apply(self, changes: Membership) -> None:
+        for email in changes.removed:
+            self._stop(email)
+            log.info("account %s was removed from the accounts file; requests it serves "
+                     "finish", account_handle(email))
+        for email in changes.renewed:
+            self._stop(email)
+            self._start(_Worker(email))
+            log.info("account %s changed in the accounts file; starting it afresh",
+                     account_handle(email))
+        for email in changes.added:
+            self._start(_Worker(email))
+            log.info("account %s was added to the accounts file; fetching its token",
+                     account_handle(email))
+
+    def _start(self, worker: _Worker) -> None:
+        self._workers[worker.email] = worker
+        if self._nursery is not None:
+            self._nursery.start_soon(self._supervise, worker, name=f"supervise {worker.email}")
+
+    def _stop(self, email: str) -> None:
+        worker = self._workers.pop(email, None)
+        if worker is not None:
+            worker.scope.cancel()
+            worker.first_round.set()  # nobody waits at start-up for an account that is gone
+
+    def _is_current(self, worker: _Worker) -> bool:
+        """Whether `worker` still stands for its account: not removed, not replaced by a
+        worker for a changed record. What a stale worker learns is dropped."""
+        return self._workers.get(worker.email) is worker
+
     # -- one account's task ----------------------------------------------------------------
 
     async def _supervise(self, worker: _Worker) -> None:
-        while True:
-            try:
-                await self._supervise_once(worker)
-            except Exception:
-                # A bug in one account's round must not stop the others (or the server).
-                log.exception("supervising %s failed; retrying", account_handle(worker.email))
-                worker.first_round.set()
-                await trio.sleep(MAX_BACKOFF_SECONDS / 10)
+        with worker.scope:
+            while True:
+                try:
+                    await self._supervise_once(worker)
+                except Exception:
+                    # A bug in one account's round must not stop the others (or the server).
+                    log.exception("supervising %s failed; retrying",
+                                  account_handle(worker.email))
+                    worker.first_round.set()
+                    await trio.sleep(MAX_BACKOFF_SECONDS / 10)
 
     async def _supervise_once(self, worker: _Worker) -> None:
         email = worker.email
@@ -289,6 +412,8 @@ class Supervisor:
 
     async def _refresh_locked(self, worker: _Worker) -> RefreshResult:
         email = worker.email
+        if not self._is_current(worker):
+            return dict(_NO_SUCH_ACCOUNT)
         account = self.pool.account(email)
         result: RefreshResult
         try:
@@ -297,25 +422,34 @@ class Supervisor:
                     self.config.oauth, account.refresh_token,
                     request_timeout=REFRESH_TIMEOUT_SECONDS,
                 )
-        except oauth.InvalidGrant as exc:
-            reason = exc.code or "invalid_grant"
-            log.warning("account %s is invalid: %s", account_handle(email), exc)
-            self.pool.mark_invalid(email, reason)
-            await self._persist(email, invalid_reason=reason)
-            self._count("invalid")
-            result = {"ok": False, "status": "invalid", "error": str(exc)}
         except (oauth.OAuthError, trio.TooSlowError) as exc:
-            worker.refresh_failures += 1
-            wait = _backoff(worker.refresh_failures)
-            worker.refresh_retry_at = self._clock() + wait
-            message = str(exc) if isinstance(exc, oauth.OAuthError) else "token endpoint timed out"
-            log.warning(
-                "token refresh for %s failed (%s); retrying in %.0fs",
-                account_handle(email), message, wait,
-            )
-            self._count("error")
-            result = {"ok": False, "status": "failed", "error": message}
+            if not self._is_current(worker):
+                # The account left the file (or changed) meanwhile: the answer about its
+                # old record is nobody's business now, least of all the new record's.
+                return dict(_NO_SUCH_ACCOUNT)
+            if isinstance(exc, oauth.InvalidGrant):
+                reason = exc.code or "invalid_grant"
+                log.warning("account %s is invalid: %s", account_handle(email), exc)
+                self.pool.mark_invalid(email, reason)
+                await self._persist(email, invalid_reason=reason)
+                self._count("invalid")
+                result = {"ok": False, "status": "invalid", "error": str(exc)}
+            else:
+                worker.refresh_failures += 1
+                wait = _backoff(worker.refresh_failures)
+                worker.refresh_retry_at = self._clock() + wait
+                message = (
+                    str(exc) if isinstance(exc, oauth.OAuthError) else "token endpoint timed out"
+                )
+                log.warning(
+                    "token refresh for %s failed (%s); retrying in %.0fs",
+                    account_handle(email), message, wait,
+                )
+                self._count("error")
+                result = {"ok": False, "status": "failed", "error": message}
         else:
+            if not self._is_current(worker):
+                return dict(_NO_SUCH_ACCOUNT)
             was_invalid = account.invalid_reason is not None
             self.pool.set_token(email, token.token, token.expiry)
             # Renew `refresh_margin_seconds` before expiry, or at half-life for tokens that
@@ -350,9 +484,13 @@ class Supervisor:
                 account_handle(email), exc or "timed out", wait,
             )
             return
+        if not self._is_current(worker):
+            return
         worker.discovery_failures = 0
         self.pool.set_project(email, project, tier)
-        await self._persist(email, project_id=project, tier=tier)
+        # The tier the pool now holds (a discovery that names none keeps the old one), so
+        # the file says what the pool knows and a reload sees the gateway's own write.
+        await self._persist(email, project_id=project, tier=self.pool.account(email).tier)
         log.info("account %s uses project %s", account_handle(email), project)
 
     async def _probe(self, worker: _Worker, token: str, account: Account) -> None:
@@ -371,6 +509,8 @@ class Supervisor:
                     if exc.status == 401:
                         break
                     continue
+                if not self._is_current(worker):
+                    return
                 self.pool.set_quotas(worker.email, parse_quotas(answer))
                 self.pool.set_models(worker.email, *parse_available_models(answer))
                 return

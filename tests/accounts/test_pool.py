@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from gateway import errors
 from gateway.accounts.model import Account
-from gateway.accounts.pool import AccountPool
+from gateway.accounts.pool import AccountPool, Membership
 from gateway.translate.models import describe_model
 
 MODEL = "claude-sonnet-4-6"
@@ -233,6 +233,58 @@ def test_replace_accounts_keeps_state_of_unchanged_accounts() -> None:
     assert pool.token(EMAILS[1]) is not None
     assert pool.token(EMAILS[2]) is None
     assert pool.sticky_account("s") in (None, EMAILS[1])
+
+
+def test_replace_accounts_reports_added_removed_and_renewed() -> None:
+    clock = FakeClock()
+    pool = _pool(clock, EMAILS[:2])
+    a, b, c = EMAILS
+    regranted = attrs.evolve(_accounts(b)[0], refresh_token="a new grant")
+    changes = pool.replace_accounts([regranted, *_accounts(c)])
+    assert (changes.added, changes.removed, changes.renewed) == ((c,), (a,), (b,))
+    assert pool.token(b) is None  # a new grant starts afresh
+    unchanged = pool.replace_accounts([regranted, *_accounts(c)])
+    assert unchanged == Membership()
+
+
+def test_the_gateways_own_writes_read_back_change_nothing() -> None:
+    """The supervisor persists what it learns (project, tier, invalid mark); reading that
+    file back must not throw away the token and cooldowns of the account."""
+    clock = FakeClock()
+    stored = [Account(EMAILS[0], "r", tier="free-tier"), Account(EMAILS[1], "r2")]
+    pool = AccountPool(stored, clock=clock)
+    pool.set_token(EMAILS[0], "t", clock.now + 100)
+    pool.set_project(EMAILS[0], "discovered", "standard-tier")
+    pool.cooldown(EMAILS[0], MODEL, 30)
+    pool.mark_invalid(EMAILS[1], "invalid_grant")
+    written = [
+        attrs.evolve(stored[0], project_id="discovered", tier="standard-tier"),
+        attrs.evolve(stored[1], invalid_reason="invalid_grant"),
+    ]
+    assert pool.replace_accounts(written) == Membership()
+    assert pool.token(EMAILS[0]) == "t"
+    assert pool.cooldown_remaining(EMAILS[0], MODEL) == 30
+    assert pool.status(EMAILS[1]) == "invalid"
+    # the same file again, once more: still nothing (the pool now knows it as stored)
+    assert pool.replace_accounts(written) == Membership()
+    # an edit by someone else (enabling, a mark cleared) is a change
+    edited = [written[0], attrs.evolve(written[1], invalid_reason=None)]
+    assert pool.replace_accounts(edited).renewed == (EMAILS[1],)
+    assert pool.status(EMAILS[1]) == "no-token"
+
+
+def test_outcomes_for_a_removed_account_are_dropped() -> None:
+    """A request that picked an account before it left the file reports on it later."""
+    clock = FakeClock()
+    pool = _pool(clock, EMAILS[:2])
+    pool.replace_accounts(_accounts(EMAILS[1]))
+    gone = EMAILS[0]
+    pool.cooldown(gone, MODEL, 60)
+    pool.success(gone, MODEL)
+    pool.failure(gone)
+    assert pool.cooldown_remaining(gone, MODEL) == 0.0
+    assert pool.token(gone) is None
+    assert gone not in pool.emails()
 
 
 def test_pick_carries_the_discovered_project() -> None:

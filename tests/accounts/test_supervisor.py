@@ -4,13 +4,14 @@ project discovery, quota probes and manual refreshes."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
 
-from gateway.accounts.model import Account
+from gateway.accounts.model import Account, account_handle
 from gateway.accounts.supervisor import parse_quotas
 from tests.support import MakeRig, Rig, RunningEmulator
 
@@ -245,3 +246,148 @@ def test_parse_quotas() -> None:
     }
     assert parse_quotas({}) == {}
     assert parse_quotas({"models": []}) == {}
+
+
+# -- hot reload of the accounts file -------------------------------------------------------
+
+DEMO3 = "demo3@example.com"
+
+
+def _third_account(emulator: RunningEmulator) -> Account:
+    """An account the emulator knows, stored the way `gateway accounts add` stores it."""
+    emulator.state.add_account(DEMO3, "demo-refresh-3", project="demo-project-3")
+    return Account(DEMO3, "demo-refresh-3", project_id="demo-project-3", tier="free-tier")
+
+
+def _supervising(rig: Rig) -> set[str]:
+    """Names of the account tasks running in the supervisor's nursery."""
+    nursery = rig.supervisor._nursery
+    assert nursery is not None
+    return {task.name for task in nursery.child_tasks if task.name.startswith("supervise ")}
+
+
+def _account_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gateway.accounts"]
+
+
+async def test_hot_reload_starts_a_new_accounts_task_and_stops_a_removed_ones(
+    make_rig: MakeRig, emulator: RunningEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.accounts")
+    rig = await make_rig(accounts={"reload_seconds": 0.05})
+    assert _supervising(rig) == {f"supervise {DEMO1}", f"supervise {DEMO2}"}
+
+    await rig.store.aupsert(_third_account(emulator))
+    # a token and a quota probe at once, nobody asking
+    await eventually(lambda: rig.supervisor.access_token(DEMO3) is not None
+                     and bool(_entry(rig, DEMO3).quotas), 3)
+    assert rig.pool.emails() == [DEMO1, DEMO2, DEMO3]
+    assert f"supervise {DEMO3}" in _supervising(rig)
+
+    assert await rig.store.aremove(DEMO2)
+    await eventually(lambda: rig.pool.emails() == [DEMO1, DEMO3], 3)
+    await eventually(lambda: f"supervise {DEMO2}" not in _supervising(rig), 3)
+    assert rig.pool.snapshot().active_accounts == 2
+
+    lines = _account_lines(caplog)
+    added = [line for line in lines if "was added to the accounts file" in line]
+    removed = [line for line in lines if "was removed from the accounts file" in line]
+    assert added == [f"account {account_handle(DEMO3)} was added to the accounts file; "
+                     "fetching its token"]
+    assert len(removed) == 1 and account_handle(DEMO2) in removed[0]
+    assert not any(email in line for line in lines for email in (DEMO1, DEMO2, DEMO3))
+
+
+async def test_the_gateways_own_writes_are_not_reloaded_as_changes(
+    make_rig: MakeRig, emulator: RunningEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Discovering a project persists it, which changes the file's mtime: the reload that
+    follows sees the pool's own knowledge and keeps the account's token and task."""
+    caplog.set_level(logging.INFO, logger="gateway.accounts")
+    accounts = [
+        Account(DEMO1, "demo-refresh-1"),  # its project is discovered, then written
+        Account(DEMO2, "demo-refresh-2", project_id="demo-project-2"),
+    ]
+    rig = await make_rig(stored=accounts, accounts={"reload_seconds": 0.02})
+
+    async def stored_project() -> str | None:
+        return {a.email: a for a in await rig.store.aload()}[DEMO1].project_id
+
+    with trio.fail_after(5):
+        while await stored_project() is None:
+            await trio.sleep(0.02)
+    token = rig.supervisor.access_token(DEMO1)
+    refreshes = _token_requests(emulator)
+    await trio.sleep(0.3)  # fifteen polls
+    assert rig.supervisor.access_token(DEMO1) == token
+    assert _token_requests(emulator) == refreshes
+    assert not any("accounts file" in line for line in _account_lines(caplog))
+
+
+async def test_an_unreadable_accounts_file_keeps_the_accounts_and_is_reported_once(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.accounts")
+    rig = await make_rig(accounts={"reload_seconds": 0.02})
+    good = await rig.store.aload()
+    rig.store.path.write_text('{"version": 1, "accounts": [{"email": "demo1@ex')  # mid-save
+    await trio.sleep(0.3)
+    assert rig.pool.snapshot().active_accounts == 2
+    problems = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(problems) == 1
+    assert "not valid JSON" in problems[0].getMessage()
+    assert "keeping the 2 account(s) in use" in problems[0].getMessage()
+
+    rig.store.path.unlink()  # gone: still nothing dropped, reported once more
+    await trio.sleep(0.3)
+    assert rig.pool.emails() == [DEMO1, DEMO2]
+    problems = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(problems) == 2 and "is gone" in problems[1]
+
+    await rig.store.asave(good[:1])  # the next poll after the fix reads it
+    await eventually(lambda: rig.pool.emails() == [DEMO1], 3)
+    assert any("can be read again" in line for line in _account_lines(caplog))
+    assert rig.supervisor.access_token(DEMO1) is not None
+    assert not any("demo-refresh" in r.getMessage() for r in caplog.records)
+
+
+async def test_without_polling_refresh_now_reads_the_file(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    rig = await make_rig(accounts={"reload_seconds": 0.0})
+    await rig.store.aupsert(_third_account(emulator))
+    await trio.sleep(0.2)
+    assert DEMO3 not in rig.pool.emails()
+    results = await rig.supervisor.refresh_now()
+    assert set(results) == {DEMO1, DEMO2, DEMO3}
+    assert results[DEMO3]["ok"] is True
+    assert rig.supervisor.access_token(DEMO3) is not None
+
+
+async def test_late_answers_about_a_removed_or_renewed_account_are_dropped(
+    make_rig: MakeRig, emulator: RunningEmulator
+) -> None:
+    """A refresh that started before its account left (or was re-added with a new grant)
+    must not raise, nor write its result over the new record's state."""
+    rig = await make_rig()
+    old_demo1 = rig.supervisor._workers[DEMO1]
+    old_demo2 = rig.supervisor._workers[DEMO2]
+    stale = rig.supervisor.access_token(DEMO2)
+
+    emulator.state.add_account(DEMO1, "demo-refresh-1-renewed", project="demo-project-1")
+    await rig.store.aupdate(lambda accounts: [
+        Account(DEMO1, "demo-refresh-1-renewed", project_id="demo-project-1")
+    ])
+    changes = await rig.supervisor.reload_accounts()
+    assert changes is not None
+    assert (changes.renewed, changes.removed) == ((DEMO1,), (DEMO2,))
+    await eventually(lambda: rig.supervisor.access_token(DEMO1) is not None)
+    renewed = rig.supervisor.access_token(DEMO1)
+
+    assert (await rig.supervisor._refresh(old_demo1))["status"] == "unknown"
+    assert (await rig.supervisor._refresh(old_demo2))["status"] == "unknown"
+    assert rig.supervisor.access_token(DEMO1) == renewed
+    assert await rig.supervisor.renew_token(DEMO2, stale) is None
+    assert (await rig.supervisor.refresh_now(DEMO2))[DEMO2]["status"] == "unknown"
+    rig.supervisor.request_probe(DEMO2)  # a 429 on the removed account: nothing to do
+    assert rig.pool.emails() == [DEMO1]
