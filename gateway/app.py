@@ -31,9 +31,11 @@ from gateway.accounts.store import AccountStore
 from gateway.accounts.supervisor import Supervisor
 from gateway.api import admin, auth
 from gateway.api import anthropic as anthropic_api
+from gateway.api import dashboard as dashboard_api
 from gateway.api import gemini as gemini_api
 from gateway.api import openai as openai_api
 from gateway.api import responses as responses_api
+from gateway.api import usage as usage_api
 from gateway.api.chat import (
     Admission,
     Dialect,
@@ -53,6 +55,7 @@ from gateway.server import is_loopback
 from gateway.signatures import SignatureCache
 from gateway.state.requests import RequestLog, RequestRecord
 from gateway.state.responses import MemoryResponseStore, ResponseStore
+from gateway.state.usage import UsageHistory, usage_path
 from gateway.translate.models import FALLBACK, Catalogue, ModelInfo
 from gateway.upstream.client import CloudCodeClient, make_http_client
 from gateway.upstream.dispatch import Dispatcher
@@ -77,6 +80,7 @@ class Services:
     responses: ResponseStore
     sealer: Sealer
     requests: RequestLog = attrs.field(factory=RequestLog)
+    usage: UsageHistory | None = None  # None: usage.enabled is false
     demo: bool = False
 
     def catalogue(self) -> Catalogue:
@@ -125,7 +129,7 @@ async def build_services(
         }
     )
     responses = config.responses
-    return Services(
+    services = Services(
         config=config,
         clock=clock,
         http=http,
@@ -141,8 +145,20 @@ async def build_services(
             ttl_seconds=responses.store_ttl_seconds, clock=clock,
         ),
         sealer=Sealer(await _sealing_key(config)),
+        usage=_usage_history(config, clock),
         demo=demo,
     )
+    if services.usage is not None:
+        services.requests.listen(services.usage.record)
+    return services
+
+
+def _usage_history(config: Config, clock: Callable[[], float]) -> UsageHistory | None:
+    usage = config.usage
+    if not usage.enabled:
+        return None
+    return UsageHistory(usage_path(config), flush_seconds=usage.flush_seconds,
+                        retention_days=usage.retention_days, clock=clock)
 
 
 async def _sealing_key(config: Config) -> bytes:
@@ -364,7 +380,10 @@ def _edge_refusal(scope: Scope, services: Services) -> errors.GatewayError | Non
             "a cross-site request from a web page is refused (its Origin is not this gateway "
             "and not in server.cors_origins)"
         )
-    if config.api_keys and path not in _OPEN_PATHS and not auth.authorized(scope, config.api_keys):
+    # the dashboard's routes check keys (or their session cookie) themselves: its page
+    # answers a browser without a key with a sign-in form, not a JSON 401
+    if config.api_keys and path not in _OPEN_PATHS and not path.startswith("/dashboard") and (
+            not auth.authorized(scope, config.api_keys)):
         return errors.Unauthenticated(
             "invalid or missing API key: send it as 'Authorization: Bearer <key>', "
             "'x-api-key: <key>' or (Gemini clients) 'x-goog-api-key: <key>' or '?key=<key>'"
@@ -378,7 +397,8 @@ def _edge_refusal(scope: Scope, services: Services) -> errors.GatewayError | Non
         path in _JSON_ROUTES or _has_body(scope)
     ):
         kind = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
-        if kind not in _JSON_TYPES and not kind.endswith("+json"):
+        form = path in _FORM_ROUTES and kind == "application/x-www-form-urlencoded"
+        if kind not in _JSON_TYPES and not kind.endswith("+json") and not form:
             return errors.UnsupportedMediaType(
                 f"the request body must be JSON, sent with 'Content-Type: application/json' "
                 f"(got {loggable(kind) if kind else 'none'})"
@@ -387,6 +407,8 @@ def _edge_refusal(scope: Scope, services: Services) -> errors.GatewayError | Non
 
 
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The dashboard's sign-in and sign-out are HTML forms (the Origin check still applies).
+_FORM_ROUTES = frozenset({"/dashboard/login", "/dashboard/logout"})
 
 
 def _same_origin(scope: Scope, config: ServerConfig) -> bool:
@@ -565,7 +587,10 @@ def create_app(
     app.register_blueprint(anthropic_api.blueprint)
     app.register_blueprint(responses_api.blueprint)
     app.register_blueprint(gemini_api.blueprint)
+    app.register_blueprint(usage_api.blueprint)
+    app.register_blueprint(dashboard_api.blueprint)
     supervisor_scope = trio.CancelScope()
+    usage_scope = trio.CancelScope()
 
     @app.before_serving
     async def start() -> None:
@@ -577,10 +602,18 @@ def create_app(
                 await services.supervisor.run(task_status=task_status)
 
         await app.nursery.start(run_supervisor)
+        usage = services.usage
+        if usage is not None:
+            async def run_usage(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                with usage_scope:  # cancelled at shutdown: it writes its last batch then
+                    await usage.run(task_status=task_status)
+
+            await app.nursery.start(run_usage)
 
     @app.after_serving
     async def stop() -> None:
         supervisor_scope.cancel()
+        usage_scope.cancel()
         services: Services | None = app.extensions.get("gateway")
         if services is not None:
             with trio.CancelScope(shield=True):

@@ -1,4 +1,4 @@
-"""Command line: `gateway serve | demo | emulator | accounts ... | limits`.
+"""Command line: `gateway serve | demo | emulator | accounts ... | limits | usage`.
 
 Every command loads the same validated config (`--config PATH` or `$GATEWAY_CONFIG`, then
 environment overrides); a bad value stops the command with a message naming the key and
@@ -66,16 +66,19 @@ def _parser() -> argparse.ArgumentParser:
 
     accounts = sub.add_parser("accounts", help="manage Google accounts", parents=[config_option])
     acc = accounts.add_subparsers(dest="action", required=True)
-    add = acc.add_parser("add", help="add an account with Google OAuth")
+    add = acc.add_parser("add", help="add an account with Google OAuth",
+                         parents=[config_option])
     add.add_argument(
         "--no-browser", action="store_true", help="print the URL and paste the redirect back"
     )
-    acc.add_parser("list", help="list stored accounts")
-    remove = acc.add_parser("remove", help="remove an account")
+    acc.add_parser("list", help="list stored accounts", parents=[config_option])
+    remove = acc.add_parser("remove", help="remove an account", parents=[config_option])
     remove.add_argument("email")
-    acc.add_parser("verify", help="refresh every account's token and report")
+    acc.add_parser("verify", help="refresh every account's token and report",
+                   parents=[config_option])
     imp = acc.add_parser(
-        "import", help="import accounts from antigravity-claude-proxy's accounts.json"
+        "import", help="import accounts from antigravity-claude-proxy's accounts.json",
+        parents=[config_option],
     )
     imp.add_argument(
         "path", nargs="?", default=None,
@@ -87,11 +90,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--url", default=None, help="gateway base URL (default from config)")
     limits.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    usage = sub.add_parser(
+        "usage", help="show the usage history (requests and tokens per hour, model, ...)",
+        description="Requests and tokens from the usage history file (usage.file, default "
+        "usage.sqlite beside the accounts file), read directly: it works with the gateway "
+        "stopped. While the gateway runs, its last usage.flush_seconds may not be written "
+        "yet (GET /usage includes them). Times are UTC.",
+        parents=[config_option],
+    )
+    usage.add_argument("--since", default="24h",
+                       help="epoch seconds, ISO 8601 or a duration ago: 90m, 24h, 7d "
+                       "(default 24h)")
+    usage.add_argument("--until", default=None, help="the same forms (default now)")
+    usage.add_argument("--group-by", default="day,model",
+                       help="comma separated: hour, day, account, model, key, or none for "
+                       "one total (default day,model)")
+    usage.add_argument("--json", action="store_true", help="print JSON (as GET /usage) "
+                       "instead of a table")
+    return parser
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every subcommand's --help opens with what it does (its one-line help, unless it has
+    a description of its own)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                sub = action.choices[choice.dest]
+                if not sub.description and choice.help:
+                    sub.description = choice.help[0].upper() + choice.help[1:] + "."
+                _describe_subcommands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = _describe_subcommands(_parser()).parse_args(argv)
     try:
         config = load_config(args.config)
         if getattr(args, "host", None):
@@ -99,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(args, "port", None) is not None:
             config = attrs.evolve(config, server=attrs.evolve(config.server, port=args.port))
         code = _run(args, config)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+    except BrokenPipeError:
+        # the reader went away (`gateway limits | head -1`): not an error to report, and
+        # nothing more can be written; the interpreter must not try again at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     except (ConfigError, AccountStoreError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         code = 2
@@ -167,6 +207,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         return _accounts(args, config)
     if command == "limits":
         return _limits(args, config)
+    if command == "usage":
+        return _usage(args, config)
     raise AssertionError(command)
 
 
@@ -248,6 +290,7 @@ gateway demo is running (upstream: built-in emulator at {emulator_url}, 2 demo a
   base URL (OpenAI):     {url}/v1
   base URL (Anthropic):  {url}
   base URL (Gemini):     {url}   (/v1beta/models/...:generateContent)
+  dashboard:             {url}/dashboard
   health:                {url}/health
   limits:                {url}/account-limits?format=table
 {key_note}
@@ -344,3 +387,82 @@ def _limits(args: argparse.Namespace, config: Config) -> int:
         return 1
     print(response.text.rstrip("\n"))
     return 0
+
+
+def _usage(args: argparse.Namespace, config: Config) -> int:
+    import json
+    import sqlite3
+    import time
+
+    from gateway import errors
+    from gateway.state import usage as history
+
+    path = history.usage_path(config)
+    now = time.time()
+    try:
+        until = now if args.until is None else history.parse_time(args.until, now=now,
+                                                                  name="--until")
+        since = history.parse_time(args.since, now=now, name="--since")
+        groups = history.parse_group_by(args.group_by)
+        history.check_range(since, until)
+    except errors.InvalidRequest as exc:
+        print(f"gateway: {exc.message.replace('group_by', '--group-by')}", file=sys.stderr)
+        return 2
+    try:
+        db = history.open_for_reading(path)
+    except FileNotFoundError:
+        print(f"gateway: no usage history at {path} yet (the gateway makes it when it starts; "
+              "usage.file says where)", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.Error, history.UsageSchemaError) as exc:
+        print(f"gateway: cannot read the usage history {path}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        report = history.query_usage(db, since, until, groups)
+    except sqlite3.Error as exc:
+        print(f"gateway: cannot read the usage history {path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(usage_table(report))
+    return 0
+
+
+_USAGE_COLUMNS = (("requests", "REQUESTS"), ("errors", "ERRORS"), ("input_tokens", "INPUT"),
+                  ("output_tokens", "OUTPUT"), ("cached_tokens", "CACHED"),
+                  ("thinking_tokens", "THINKING"))
+
+
+def usage_table(report: dict[str, Any]) -> str:
+    """A `GET /usage` answer as an aligned table: group columns left, counts right, a total
+    line under them."""
+    groups = list(report["group_by"])
+    span = f"{report['since']} to {report['until']} (UTC)"
+    if not any(report["totals"].values()):
+        return f"no usage recorded from {span}"
+    header = [g.upper() for g in groups] + [title for _, title in _USAGE_COLUMNS]
+    body = [[str(row[g]) for g in groups] + [f"{row[c]:,}" for c, _ in _USAGE_COLUMNS]
+            for row in report["rows"]] if groups else []
+    total = (["total"] + [""] * (len(groups) - 1) if groups else []) + [
+        f"{report['totals'][c]:,}" for c, _ in _USAGE_COLUMNS]
+    if not groups:
+        header = ["", *header]
+        total = ["total", *total]
+    table = [header, *body, total]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    left = len(header) - len(_USAGE_COLUMNS)
+
+    def line(row: list[str]) -> str:
+        cells = [cell.ljust(w) if i < left else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [line(header), rule, *(line(row) for row in body)]
+    if body:
+        lines.append(rule)
+    lines.append(line(total))
+    return "\n".join([*lines, "", span])

@@ -179,6 +179,27 @@ class ResponsesConfig:
 
 
 @attrs.frozen(slots=True)
+class DashboardConfig:
+    # GET /dashboard: the live page of the pool (same API-key rules as the other routes).
+    enabled: bool = True
+    show_emails: bool = False  # accounts by email instead of their hashed handle
+    recent_requests: int = 50  # how many of the last requests the page lists
+    update_seconds: float = 1.0  # how often the page's live stream sends a snapshot
+
+
+@attrs.frozen(slots=True)
+class UsageConfig:
+    # Usage history (requests and tokens per hour, account, model, API key) in SQLite, for
+    # GET /usage and `gateway usage`; written in batches, so a crash loses at most the
+    # last flush_seconds of it.
+    enabled: bool = True
+    # Empty: "usage.sqlite" beside accounts.file.
+    file: str = ""
+    flush_seconds: float = 5.0
+    retention_days: int = 90  # older hourly rows are deleted
+
+
+@attrs.frozen(slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -187,6 +208,8 @@ class Config:
     images: ImagesConfig = ImagesConfig()
     models: ModelsConfig = ModelsConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    usage: UsageConfig = UsageConfig()
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -197,6 +220,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "images": ImagesConfig,
     "responses": ResponsesConfig,
     "models": ModelsConfig,
+    "dashboard": DashboardConfig,
+    "usage": UsageConfig,
 }
 
 _SHORT_ENV = {
@@ -229,6 +254,10 @@ _POSITIVE = {
     "responses.store_max_responses",
     "responses.store_max_bytes",
     "responses.store_ttl_seconds",
+    "dashboard.recent_requests",
+    "dashboard.update_seconds",
+    "usage.flush_seconds",
+    "usage.retention_days",
 }
 
 

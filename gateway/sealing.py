@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -43,6 +45,12 @@ class Sealer:
         if len(key) != _KEY_BYTES:
             raise ValueError("the sealing key must be 32 bytes")
         self._aead = AESGCM(key)
+        self._derive = hmac.new(key, b"gateway-derived-keys", hashlib.sha256).digest()
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A 32-byte key of its own for `purpose` (dashboard sessions, say), from the same
+        secret: replicas sharing the secret share it, and it says nothing of the secret."""
+        return hmac.new(self._derive, purpose, hashlib.sha256).digest()
 
     def seal(self, payload: dict[str, Any]) -> str:
         nonce = os.urandom(_NONCE)

@@ -36,8 +36,11 @@ async def start_gateway(
     from gateway.cli import demo_config, write_demo_accounts
     from gateway.server import serve_gateway
 
+    started: list[None] = []
+
     async def start(**sections: dict[str, Any]) -> RunningGateway:
-        accounts_file = str(tmp_path / f"accounts-{len(list(tmp_path.iterdir()))}.json")
+        started.append(None)  # a counter: files beside the accounts come and go
+        accounts_file = str(tmp_path / f"accounts-{len(started)}.json")
         await write_demo_accounts(accounts_file)
         config = demo_config(Config(), emulator.url, accounts_file)
         config = fast_config(

@@ -102,3 +102,28 @@ def test_demo_honours_gateway_port_and_says_keys_are_needed(tmp_path: Path) -> N
     assert f"http://127.0.0.1:{port}/v1" in banner
     assert "API keys are set" in banner
     assert secret not in banner
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`gateway accounts list | head -0`: the reader is gone before anything is written."""
+    source = Path(__file__).parent / "fixtures" / "accounts" / "antigravity-claude-proxy.json"
+    env = {**os.environ, "GATEWAY_ACCOUNTS_FILE": str(tmp_path / "accounts.json")}
+    assert gateway("accounts", "import", str(source), env=env).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "accounts", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    errors = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
+
+
+def test_every_subcommand_says_what_it_does() -> None:
+    for command in (["serve"], ["demo"], ["emulator"], ["limits"], ["usage"], ["accounts"],
+                    ["accounts", "add"], ["accounts", "list"], ["accounts", "remove"],
+                    ["accounts", "verify"], ["accounts", "import"]):
+        shown = gateway(*command, "--help")
+        assert shown.returncode == 0, shown.stderr
+        description = shown.stdout.split("\n\n")[1]
+        assert not description.startswith(("options:", "positional")), (command, shown.stdout)
+    assert "--config" in gateway("accounts", "add", "--help").stdout
