@@ -196,7 +196,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         if command == "serve":
             trio.run(_serve, config)
         else:
-            trio.run(_demo, config)
+            trio.run(_demo, _demo_usage(config))
         return 0
     if command == "emulator":
         from gateway.emulator import main_emulator
@@ -253,6 +253,15 @@ async def write_demo_accounts(path: str) -> None:
         for d in DEMO_ACCOUNTS
     ]
     await AccountStore(path).asave(accounts)
+
+
+def _demo_usage(config: Config) -> Config:
+    """The demo's accounts live in a throw-away directory; its usage history does not: it is
+    there after a restart (beside, not in, a real gateway's)."""
+    if config.usage.file:
+        return config
+    kept = Path(config.accounts.file).expanduser().parent / "demo-usage.sqlite"
+    return attrs.evolve(config, usage=attrs.evolve(config.usage, file=str(kept)))
 
 
 async def _demo(base: Config) -> None:

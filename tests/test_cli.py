@@ -127,3 +127,26 @@ def test_every_subcommand_says_what_it_does() -> None:
         description = shown.stdout.split("\n\n")[1]
         assert not description.startswith(("options:", "positional")), (command, shown.stdout)
     assert "--config" in gateway("accounts", "add", "--help").stdout
+
+
+def test_demo_usage_history_survives_a_restart(tmp_path: Path) -> None:
+    """What `gateway demo` served is in its /usage after it is stopped and started again."""
+    import httpx
+
+    from tests.clis import start_demo, stop_demo
+
+    proc, demo = start_demo(tmp_path, {})
+    try:
+        answer = httpx.post(f"{demo.url}/v1/chat/completions", timeout=30, json={
+            "model": "gemini-3-flash", "messages": [{"role": "user", "content": "count me"}]})
+        assert answer.status_code == 200
+        tokens = answer.json()["usage"]["prompt_tokens"]
+    finally:
+        stop_demo(proc)  # the last batch is written on the way out
+    proc, demo = start_demo(tmp_path, {})
+    try:
+        totals = httpx.get(f"{demo.url}/usage", timeout=30).json()["totals"]
+    finally:
+        stop_demo(proc)
+    assert totals["requests"] >= 1 and totals["input_tokens"] >= tokens
+    assert (tmp_path / "gateway" / "demo-usage.sqlite").exists()
