@@ -199,8 +199,10 @@ async def refresh_token() -> dict[str, Any]:
             if given is not None and not isinstance(given, str):
                 raise errors.InvalidRequest("email must be a string", param="email")
             email = given
-    if email is not None and email not in {e.email for e in services.pool.snapshot().entries}:
-        raise errors.NotFound(f"no account {email!r}", param="email")
+    if email is not None and email not in services.pool.emails():
+        await services.supervisor.reload_accounts()  # added on disk a moment ago?
+        if email not in services.pool.emails():
+            raise errors.NotFound(f"no account {email[:200]!r}", param="email")
     # A forced refresh also forgets cooldowns (say, after quota was restored early); the
     # re-probe that follows the refresh restores those the upstream still reports.
     services.pool.clear_cooldowns(email)

@@ -233,3 +233,22 @@ async def test_an_account_added_with_the_cli_is_served_without_a_restart(
         )
         assert f"removed {new}" in removed.stdout.decode()
         await _until(lambda: health(2, 2), FOLLOW_SECONDS, "/health drops the account")
+
+
+async def test_refresh_token_for_an_account_added_a_moment_ago(
+    start_gateway: Callable[..., Any],
+) -> None:
+    """With polling off, naming a just-added account in POST /refresh-token reads the file
+    first, rather than answering that there is no such account."""
+    gateway: RunningGateway = await start_gateway(accounts={"reload_seconds": 0})
+    store = AccountStore(gateway.config.accounts.file)
+    accounts = store.load()
+    demo2 = next(a for a in accounts if a.email == DEMO2)
+    store.save([a for a in accounts if a.email != DEMO2])
+    await gateway.services.supervisor.reload_accounts()
+    assert gateway.services.pool.emails() == [DEMO1]
+    store.save([*store.load(), demo2])
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(gateway.url + "/refresh-token", json={"email": DEMO2})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][DEMO2]["ok"] is True
