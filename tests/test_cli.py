@@ -150,3 +150,45 @@ def test_demo_usage_history_survives_a_restart(tmp_path: Path) -> None:
         stop_demo(proc)
     assert totals["requests"] >= 1 and totals["input_tokens"] >= tokens
     assert (tmp_path / "gateway" / "demo-usage.sqlite").exists()
+
+
+def test_ctrl_c_exits_at_once_when_idle_and_on_a_second_press(tmp_path: Path) -> None:
+    """The grace period is for requests in flight: idle keep-alive connections do not hold
+    the exit, and a second Ctrl-C does not wait for the requests either."""
+    import contextlib
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    from tests.clis import start_demo
+
+    proc, demo = start_demo(tmp_path, {"GATEWAY_SERVER_SHUTDOWN_GRACE_SECONDS": "30"})
+    idle = httpx.Client(base_url=demo.url, timeout=30)
+    assert idle.get("/health").status_code == 200  # a keep-alive connection, left open
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    proc.wait(timeout=20)
+    assert time.monotonic() - started < 5, "idle connections held the exit"
+    idle.close()
+
+    proc, demo = start_demo(tmp_path, {"GATEWAY_SERVER_SHUTDOWN_GRACE_SECONDS": "30"})
+    httpx.post(f"{demo.emulator}/__emulator/faults", json={"kind": "stall"}, timeout=10)
+
+    def in_flight() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{demo.url}/v1/chat/completions", timeout=60, json={
+                "model": "gemini-3-flash", "stream": True,
+                "messages": [{"role": "user", "content": "never answered"}]})
+
+    worker = threading.Thread(target=in_flight, daemon=True)
+    worker.start()
+    time.sleep(1.0)  # the request is in flight, its upstream stalled
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the first Ctrl-C gives in-flight requests their grace"
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    proc.wait(timeout=20)
+    assert time.monotonic() - started < 5, "a second Ctrl-C must not wait out the grace"
