@@ -110,6 +110,11 @@ def _oauth_error(status: int, error: str, description: str) -> _Response:
     return _Response(status, {"error": error, "error_description": description})
 
 
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
+
+
 @attrs.define(slots=True)
 class _Request:
     scope: Scope
@@ -265,7 +270,7 @@ class _Emulator:
         request.record_index = self.state.record(
             ReceivedRequest(
                 request.path, email, model, body if isinstance(body, dict) else None,
-                request.headers,
+                request.headers, peer=_peer(request.scope),
             )
         )
 

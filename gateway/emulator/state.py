@@ -148,9 +148,11 @@ class ReceivedRequest:
     model: str | None
     body: dict[str, Any] | None  # parsed JSON (or form fields); None if neither
     headers: dict[str, str]  # lower-case names
+    peer: str = ""  # the client's address and port: one per connection
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "email": self.email, "model": self.model, "body": self.body}
+        return {"path": self.path, "email": self.email, "model": self.model, "body": self.body,
+                "peer": self.peer}
 
 
 @attrs.frozen(slots=True)
