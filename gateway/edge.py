@@ -24,6 +24,9 @@ the pieces it uses change shape.
   pseudo-headers, a content-length that is not a number...). It also starts hypercorn's
   idle timer on a new h2 connection, which otherwise only starts once a stream has closed:
   a connection that never opens a stream is closed after the idle timeout like any other.
+* `ClosingTCPServer` closes a connection as soon as its client has: hypercorn's own
+  keeps the socket (in CLOSE-WAIT, holding one of `max_connections`) until its keep-alive
+  timer runs out, 75 s later, because the timer task stays in the connection's task group.
 """
 
 from __future__ import annotations
@@ -316,7 +319,8 @@ async def serve(
                 on_listening(listeners)
             task_status.started(binds)
             handler = partial(_serve_connection, partial(
-                TCPServer, wrapped, hyper, context, ConnectionState(lifespan_state.copy())
+                ClosingTCPServer, wrapped, hyper, context,
+                ConnectionState(lifespan_state.copy()),
             ), _FailureLog())
             for listener in listeners:
                 listener.handler = handler
@@ -344,6 +348,19 @@ async def serve(
                     listener.closing(deadline)
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+class ClosingTCPServer(TCPServer):
+    """hypercorn's connection server, but done when the client's end is: the keep-alive
+    timer is stopped once reading ends (EOF, a reset, the read deadline), so the task group
+    it sits in can close and the socket with it, instead of waiting the timer out."""
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.idle_task.stop()
 
 
 class _FailureLog:

@@ -53,6 +53,12 @@ def test_hypercorn_pieces_keep_their_shape() -> None:
     assert params_of(edge._original_h2_initiate) == ["self", "headers", "settings"]
     assert isinstance(H2Protocol.idle, property)
     assert "idle_task.restart" in inspect.getsource(TCPServer.protocol_send)
+    # ClosingTCPServer: reading ends in _read_data, inside run's task group, which the idle
+    # task (stopped there) would otherwise hold open
+    run = inspect.getsource(TCPServer.run)
+    assert run.index("TaskGroup()") < run.index("self._read_data()") < run.index("_close()")
+    assert callable(TCPServer._read_data) and hasattr(TCPServer(
+        None, None, None, None, None), "idle_task")  # type: ignore[arg-type]
 
 
 def test_h2_pieces_keep_their_shape() -> None:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -563,3 +564,17 @@ async def test_cross_site_posts_are_refused_whatever_their_body(
             + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
     answer, _ = await trio.to_thread.run_sync(exchange, _port(gateway), data)
     assert answer.startswith(b"HTTP/1.1 " + status), answer[:300]
+
+
+async def test_a_closed_connection_gives_its_place_back_at_once(
+    start_gateway: Callable[..., Any],
+) -> None:
+    """A client that hangs up after its answer frees its connection slot then, not when the
+    keep-alive timer would have run out (hypercorn held such sockets in CLOSE-WAIT for
+    idle_timeout_seconds, and 20 of them filled a 20-connection gateway)."""
+    gateway = await start_gateway(server={"max_connections": 20})
+    statuses = []
+    for _ in range(60):
+        async with httpx.AsyncClient(timeout=10) as http:  # a new connection each time
+            statuses.append((await http.get(gateway.url + "/v1/models")).status_code)
+    assert statuses == [200] * 60
