@@ -80,6 +80,8 @@ class Services:
     responses: ResponseStore
     sealer: Sealer
     requests: RequestLog = attrs.field(factory=RequestLog)
+    # set when shutdown begins: what would stream for ever (the dashboard) ends then
+    draining: trio.Event = attrs.field(factory=trio.Event)
     usage: UsageHistory | None = None  # None: usage.enabled is false
     demo: bool = False
 

@@ -214,14 +214,26 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 async def _serve(config: Config) -> None:
     from gateway.app import create_app
-    from gateway.server import serve_gateway, wait_for_signal
 
     app = create_app(config)
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(
-            partial(serve_gateway, app, config, shutdown_trigger=wait_for_signal)
-        )
+        url = await nursery.start(_serve_until_signalled, app, config, nursery.cancel_scope)
         print(f"gateway listening on {url}", flush=True)
+
+
+async def _serve_until_signalled(
+    app: Any, config: Config, scope: trio.CancelScope,
+    *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until Ctrl-C (or SIGTERM): once drains, twice stops now (cancels `scope`)."""
+    from gateway.server import SignalShutdown, serve_gateway
+
+    shutdown = SignalShutdown()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(shutdown.watch, scope)
+        await serve_gateway(app, config, shutdown_trigger=shutdown.trigger,
+                            task_status=task_status)
+        nursery.cancel_scope.cancel()  # served and drained: the watcher is done too
 
 
 def demo_config(base: Config, emulator_url: str, accounts_file: str) -> Config:
@@ -267,8 +279,6 @@ def _demo_usage(config: Config) -> Config:
 async def _demo(base: Config) -> None:
     from gateway.app import create_app
     from gateway.emulator import EmulatorState, serve_emulator
-    from gateway.server import serve_gateway, wait_for_signal
-
     state = EmulatorState.with_demo_accounts()
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
         async with trio.open_nursery() as nursery:
@@ -278,9 +288,8 @@ async def _demo(base: Config) -> None:
             config = demo_config(base, emulator_url, accounts_file)
             app = create_app(config, demo=True)
             async with trio.open_nursery() as gateway_nursery:
-                url = await gateway_nursery.start(
-                    partial(serve_gateway, app, config, shutdown_trigger=wait_for_signal)
-                )
+                url = await gateway_nursery.start(_serve_until_signalled, app, config,
+                                                  nursery.cancel_scope)
                 print(_demo_banner(url, emulator_url, keys=bool(config.server.api_keys)),
                       flush=True)
             # the gateway has drained and stopped; the emulator goes with it

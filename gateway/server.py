@@ -78,6 +78,15 @@ async def serve_gateway(
         def started(self, binds: list[str]) -> None:
             task_status.started(binds[0])
 
+    async def draining() -> None:
+        assert shutdown_trigger is not None
+        await shutdown_trigger()
+        # what never ends by itself (the dashboard's live streams) ends now, so only real
+        # requests in flight use the grace period
+        services = getattr(app, "extensions", {}).get("gateway")
+        if services is not None:
+            services.draining.set()
+
     raise_fd_limit()
     install_h2_stream_errors()
     await serve(
@@ -85,9 +94,38 @@ async def serve_gateway(
         max_connections=connection_limit(config.server.max_connections),
         probe_connections=config.server.probe_connections,
         write_timeout=config.server.write_timeout_seconds,
-        shutdown_trigger=shutdown_trigger,
+        shutdown_trigger=draining if shutdown_trigger is not None else None,
         task_status=_FirstBind(),  # type: ignore[arg-type]
     )
+
+
+class SignalShutdown:
+    """Ctrl-C (or SIGTERM) once: drain, giving requests in flight the grace period (the
+    `trigger` returns). Twice: stop now, cancelling `scope` (what serves)."""
+
+    def __init__(self) -> None:
+        self._first = trio.Event()
+
+    async def watch(
+        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = (
+            trio.TASK_STATUS_IGNORED)
+    ) -> None:
+        log = logging.getLogger("gateway")
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self._first.is_set():
+                    log.info("received %s: draining in-flight requests (again to stop now)",
+                             name)
+                    self._first.set()
+                else:
+                    log.info("received %s again: stopping now", name)
+                    scope.cancel()
+                    return
+
+    async def trigger(self) -> None:
+        await self._first.wait()
 
 
 async def wait_for_signal() -> None:

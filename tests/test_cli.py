@@ -192,3 +192,13 @@ def test_ctrl_c_exits_at_once_when_idle_and_on_a_second_press(tmp_path: Path) ->
     started = time.monotonic()
     proc.wait(timeout=20)
     assert time.monotonic() - started < 5, "a second Ctrl-C must not wait out the grace"
+
+    # an open dashboard (a live stream that never ends by itself) does not hold the exit
+    proc, demo = start_demo(tmp_path, {"GATEWAY_SERVER_SHUTDOWN_GRACE_SECONDS": "30"})
+    with httpx.stream("GET", f"{demo.url}/dashboard/events", timeout=30) as live:
+        assert live.status_code == 200
+        next(live.iter_bytes())
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        proc.wait(timeout=20)
+    assert time.monotonic() - started < 5, "a dashboard stream held the exit"

@@ -336,10 +336,11 @@ async def events() -> Response:
     every = services.config.dashboard.update_seconds
 
     async def stream() -> Any:
-        while True:
+        while not services.draining.is_set():
             data = json.dumps(snapshot(services, time.time()), separators=(",", ":"))
             yield f"event: snapshot\ndata: {data}\n\n".encode()
-            await trio.sleep(every)
+            with trio.move_on_after(every):
+                await services.draining.wait()  # shutting down: the stream ends now
 
     response = Response(stream(), content_type="text/event-stream; charset=utf-8")
     response.headers["cache-control"] = "no-store"
