@@ -510,16 +510,21 @@ async def _refuse(
     dialect = _dialect_for(path, header(scope, b"anthropic-version") is not None)
     status, body = dialect.error_body(err)
     request_id = secrets.token_hex(8)
-    await send_json(send, status, body,
-                    {**err.headers(), "request-id": request_id, "x-request-id": request_id})
+    # named as the route would have been, had it run: its face, or what `_face_of` says
+    action = gemini_api.route(path)
+    face = dialect.name if path in _CHAT_ROUTES or (
+        action is not None and action[1] in gemini_api.GENERATE_METHODS) else _face_of(path)
     access_log.info("request id=%s route=%s path=%s status=%d error=%s", request_id,
-                    dialect.name, loggable(path), status, err.anthropic_type)
-    services.metrics.observe_request(route=dialect.name, model="-", status=status, seconds=0.0,
+                    face, loggable(path), status, err.anthropic_type)
+    services.metrics.observe_request(route=face, model="-", status=status, seconds=0.0,
                                      first_byte=None)
     services.requests.add(RequestRecord(
-        at=services.clock(), face=dialect.name, method=scope["method"], route=path[:200],
+        at=services.clock(), face=face, method=scope["method"], route=path[:200],
         status=status, latency_ms=0.0, error=err.anthropic_type,
     ))
+    # last: once the answer is out, the server may end this task
+    await send_json(send, status, body,
+                    {**err.headers(), "request-id": request_id, "x-request-id": request_id})
 
 
 def _raw_header(scope: Scope, name: bytes) -> bytes | None:

@@ -30,7 +30,8 @@ from gateway.config import Config, ConfigError, load_config
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
-        description="OpenAI- and Anthropic-compatible gateway to Claude and Gemini on Cloud Code.",
+        description="OpenAI-, Anthropic- and Gemini-compatible gateway to Claude and Gemini "
+        "models on Cloud Code.",
     )
     parser.add_argument("--config", help="TOML config file (default: $GATEWAY_CONFIG)")
     # --config is also accepted after the subcommand (`gateway serve --config f.toml`)

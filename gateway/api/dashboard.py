@@ -89,7 +89,10 @@ def _signed_in(services: Services) -> bool:
     keys = services.config.server.api_keys
     if not keys:
         return True
-    if authorized(request.scope, keys):
+    # a key in a header (curl) counts; one in the URL (?key=) does not: it would sit in
+    # the browser's history and bookmarks
+    headers_only = {**request.scope, "query_string": b""}
+    if authorized(headers_only, keys):
         return True
     return session_valid(services, request.cookies.get(COOKIE), time.time())
 
@@ -268,6 +271,7 @@ def _html(text: str, status: int = 200) -> Response:
     # not "no-referrer": with it, a browser sends `Origin: null` on the page's own form
     # posts, which the edge's cross-site check rightly refuses
     response.headers["referrer-policy"] = "same-origin"
+    response.headers["x-content-type-options"] = "nosniff"
     return response
 
 
@@ -300,8 +304,25 @@ async def login() -> Response:
     if keys:
         response.set_cookie(COOKIE, make_session(services, key, time.time()),
                             max_age=SESSION_SECONDS, httponly=True, samesite="Strict",
-                            secure=request.scheme == "https", path="/dashboard")
+                            secure=_over_https(), path="/dashboard")
     return response
+
+
+def _over_https() -> bool:
+    """Whether the browser reached this page over TLS: directly, or through a proxy that
+    says so (trusting the header can only add the cookie's Secure flag, never remove it)."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.scheme == "https" or forwarded == "https"
+
+
+@blueprint.get("/dashboard/session")
+async def session() -> tuple[dict[str, Any], int]:
+    """Whether this browser is still signed in: the page asks when its stream fails, and
+    reloads into the sign-in form if not."""
+    services = _services()
+    _enabled(services)
+    signed = _signed_in(services)
+    return {"signedIn": signed}, 200 if signed else 401
 
 
 @blueprint.post("/dashboard/logout")
@@ -357,5 +378,6 @@ async def static_asset(name: str) -> Response:
     data = resources.files("gateway.dashboard").joinpath(name).read_bytes()
     response = Response(data, content_type=_ASSETS[name])
     response.headers["cache-control"] = "no-cache"
+    response.headers["x-content-type-options"] = "nosniff"
     return response
 

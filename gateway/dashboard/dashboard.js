@@ -163,7 +163,13 @@
       $("live").textContent = `live · updated ${new Date().toLocaleTimeString()}`;
       render();
     });
-    source.onerror = () => { $("live").textContent = "reconnecting…"; };
+    source.onerror = async () => {
+      $("live").textContent = "reconnecting…";
+      try { // signed out (a key removed, the gateway's secret changed)? then sign in again
+        const answer = await fetch("/dashboard/session", { credentials: "same-origin" });
+        if (answer.status === 401) { source.close(); location.reload(); }
+      } catch (err) { /* the gateway is away: EventSource keeps retrying */ }
+    };
   }
 
   $("refresh").addEventListener("click", async () => {

@@ -185,8 +185,10 @@ class UsageHistory:
         """Add a finished request to the pending batch (a `RequestLog` listener)."""
         if self.disabled or not counts_as_usage(record):
             return
-        key = (hour_of(record.at), record.account or "-",
-               record.model_served or record.model_asked or "-", record.key_label or "-")
+        # the served model only: the name a client asked for is its own text, and one row per
+        # name it makes up (for unknown models) would grow the file without bound
+        key = (hour_of(record.at), record.account or "-", record.model_served or "-",
+               record.key_label or "-")
         counts = self._pending.get(key)
         if counts is None:
             if len(self._pending) >= MAX_PENDING_ROWS:

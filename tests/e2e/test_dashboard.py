@@ -145,3 +145,27 @@ async def test_dashboard_refuses_without_a_session(start_gateway: Callable[..., 
         # a page elsewhere cannot press the button: its Origin is refused at the edge
         cross = await http.post("/dashboard/refresh", headers={"origin": "https://evil.test"})
         assert cross.status_code == 403
+
+
+async def test_dashboard_details(start_gateway: Callable[..., Any]) -> None:
+    """No sign-in by URL; the Secure flag behind a TLS proxy; the session check the page
+    uses to find it was signed out; refusals at the edge named by their route."""
+    gateway: RunningGateway = await start_gateway(
+        server={"api_keys": (KEY,), "allowed_hosts": ("gw.example.com",)})
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        by_url = await http.get("/dashboard", params={"key": KEY})
+        assert "Sign in" in by_url.text
+        assert by_url.headers["x-content-type-options"] == "nosniff"
+        assert (await http.get("/dashboard/session")).status_code == 401
+        proxied = await http.post("/dashboard/login", data={"key": KEY}, headers={
+            "x-forwarded-proto": "https", "host": "gw.example.com",
+            "origin": "https://gw.example.com"})
+        assert proxied.status_code == 303 and "secure" in proxied.headers["set-cookie"].lower()
+        plain = await http.post("/dashboard/login", data={"key": KEY})
+        http.cookies.set("gateway_session", plain.cookies["gateway_session"])
+        assert (await http.get("/dashboard/session")).json() == {"signedIn": True}
+        http.cookies.clear()
+        misdirected = await http.get("/dashboard", headers={"host": "evil.test"})
+        assert misdirected.status_code == 421, misdirected.text  # refused at the edge
+    refused = [r for r in gateway.services.requests.recent if r.status == 421]
+    assert refused and refused[-1].face == "dashboard"

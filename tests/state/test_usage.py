@@ -100,9 +100,9 @@ async def test_records_are_summed_per_hour_account_model_and_key(tmp_path: Path)
         await history.flush()
         assert history.pending == 0
         assert rows(path) == [
+            (T0, "acct-1", "-", "-", 1, 1, 0, 0, 0, 0),  # an unknown name: not a row of its own
             (T0, "acct-1", "gemini-3-flash", "-", 3, 0, 30, 15, 6, 3),
             (T0, "acct-1", "gemini-3-flash", "key-b", 1, 0, 10, 5, 2, 1),
-            (T0, "acct-1", "nope-1", "-", 1, 1, 0, 0, 0, 0),
             (T0, "acct-2", "gemini-3-flash", "-", 1, 0, 10, 5, 2, 1),
             (T0 + 3600, "acct-1", "gemini-3-flash", "-", 1, 0, 10, 5, 2, 1),
         ]
@@ -110,10 +110,10 @@ async def test_records_are_summed_per_hour_account_model_and_key(tmp_path: Path)
         nursery.cancel_scope.cancel()
     assert report["group_by"] == ["model"]
     assert report["rows"] == [
+        {"model": "-", "requests": 1, "errors": 1, "input_tokens": 0,
+         "output_tokens": 0, "cached_tokens": 0, "thinking_tokens": 0},
         {"model": "gemini-3-flash", "requests": 6, "errors": 0, "input_tokens": 60,
          "output_tokens": 30, "cached_tokens": 12, "thinking_tokens": 6},
-        {"model": "nope-1", "requests": 1, "errors": 1, "input_tokens": 0,
-         "output_tokens": 0, "cached_tokens": 0, "thinking_tokens": 0},
     ]
     assert report["totals"]["requests"] == 7
     assert report["since"] == usage_module._time_text(T0)
