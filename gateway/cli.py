@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--group-by", default="day,model",
                        help="comma separated: hour, day, account, model, key, or none for "
                        "one total (default day,model)")
+    usage.add_argument("--demo", action="store_true",
+                       help="read the history `gateway demo` keeps (demo-usage.sqlite)")
     usage.add_argument("--json", action="store_true", help="print JSON (as GET /usage) "
                        "instead of a table")
     return parser
@@ -416,7 +418,7 @@ def _usage(args: argparse.Namespace, config: Config) -> int:
     from gateway import errors
     from gateway.state import usage as history
 
-    path = history.usage_path(config)
+    path = history.usage_path(_demo_usage(config) if args.demo else config)
     now = time.time()
     try:
         until = now if args.until is None else history.parse_time(args.until, now=now,

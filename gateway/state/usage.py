@@ -372,7 +372,14 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
                          timeout=BUSY_TIMEOUT_SECONDS)
     try:
-        version = schema_version(db)
+        try:
+            version = schema_version(db)
+        except sqlite3.OperationalError:
+            # a copy on read-only media, with no -wal/-shm beside it: WAL mode cannot make
+            # them, but nothing is writing it either, so it is read as immutable
+            db.close()
+            db = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True)
+            version = schema_version(db)
         if version != SCHEMA_VERSION:
             raise UsageSchemaError(
                 "it holds no usage yet" if version == 0 else
