@@ -132,3 +132,18 @@ async def raw_request(gateway: RunningGateway, method: str, path: str,
 
     async with httpx.AsyncClient(timeout=30) as http:
         return await http.request(method, gateway.url + path, **kwargs)
+
+
+def response_from_json(data: dict[str, Any]) -> Any:
+    """A canonical ChatResponse from a golden file's `response` (blocks by their type)."""
+    from gateway.translate import canonical as c
+
+    blocks: dict[str, type[Any]] = {
+        "text": c.TextBlock, "thinking": c.ThinkingBlock,
+        "redacted_thinking": c.RedactedThinkingBlock, "tool_use": c.ToolUseBlock,
+    }
+    content = tuple(
+        blocks[b["type"]](**{k: v for k, v in b.items() if k != "type"}) for b in data["content"]
+    )
+    fields = {k: v for k, v in data.items() if k not in ("content", "usage")}
+    return c.ChatResponse(content=content, usage=c.Usage(**data["usage"]), **fields)

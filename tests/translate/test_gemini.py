@@ -25,8 +25,7 @@ from gateway import errors
 from gateway.translate import canonical as c
 from gateway.translate import gemini as wire
 from tests.strategies import event_streams
-from tests.support import GoldenFiles, event_from_json
-from tests.translate.test_responses import response_from_json
+from tests.support import GoldenFiles, event_from_json, response_from_json
 
 GOLDEN = GoldenFiles(Path(__file__).resolve().parent.parent / "fixtures" / "gemini")
 load, fixture_names, check_golden = GOLDEN.load, GOLDEN.names, GOLDEN.check

@@ -26,7 +26,7 @@ from gateway.translate import canonical as c
 from gateway.translate import openai as wire
 from gateway.upstream.sse import encode_event
 from tests.strategies import event_streams
-from tests.support import GoldenFiles, event_from_json
+from tests.support import GoldenFiles, event_from_json, response_from_json
 
 GOLDEN = GoldenFiles(Path(__file__).resolve().parent.parent / "fixtures" / "openai")
 load, fixture_names, check_golden = GOLDEN.load, GOLDEN.names, GOLDEN.check
@@ -43,26 +43,7 @@ WEATHER = {
 }
 
 
-
-
-
-
-
-
-# -- canonical objects from fixture JSON --------------------------------------------------
-
-BLOCKS: dict[str, type[Any]] = {
-    "text": c.TextBlock,
-    "thinking": c.ThinkingBlock,
-    "redacted_thinking": c.RedactedThinkingBlock,
-    "tool_use": c.ToolUseBlock,
-}
-def response_from_json(data: dict[str, Any]) -> c.ChatResponse:
-    content = tuple(
-        BLOCKS[b["type"]](**{k: v for k, v in b.items() if k != "type"}) for b in data["content"]
-    )
-    fields = {k: v for k, v in data.items() if k not in ("content", "usage")}
-    return c.ChatResponse(content=content, usage=c.Usage(**data["usage"]), **fields)
+# -- helpers ------------------------------------------------------------------------------
 
 
 def encode_all(events: list[c.StreamEvent], *, include_usage: bool) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from gateway import errors
 from gateway.translate import canonical as c
 from gateway.translate import responses as wire
 from tests.strategies import event_streams
-from tests.support import GoldenFiles, event_from_json
+from tests.support import GoldenFiles, event_from_json, response_from_json
 
 GOLDEN = GoldenFiles(Path(__file__).resolve().parent.parent / "fixtures" / "responses")
 load, fixture_names, check_golden = GOLDEN.load, GOLDEN.names, GOLDEN.check
@@ -81,20 +81,6 @@ def parsed_view(request: wire.ResponsesRequest) -> dict[str, Any]:
     }
 
 
-BLOCKS: dict[str, type[Any]] = {
-    "text": c.TextBlock,
-    "thinking": c.ThinkingBlock,
-    "redacted_thinking": c.RedactedThinkingBlock,
-    "tool_use": c.ToolUseBlock,
-}
-
-
-def response_from_json(data: dict[str, Any]) -> c.ChatResponse:
-    content = tuple(
-        BLOCKS[b["type"]](**{k: v for k, v in b.items() if k != "type"}) for b in data["content"]
-    )
-    fields = {k: v for k, v in data.items() if k not in ("content", "usage")}
-    return c.ChatResponse(content=content, usage=c.Usage(**data["usage"]), **fields)
 
 
 def encode_all(
