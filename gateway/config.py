@@ -11,6 +11,7 @@ configured. The project ships no third-party OAuth client: `oauth.client_id` and
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +94,9 @@ class UpstreamConfig:
     # Text put before every system prompt; "antigravity" means the Antigravity IDE's own
     # identity preamble, which some peers inject. Empty: nothing (see README).
     system_preamble: str = ""
+    # CA certificates (PEM) to trust for the upstream instead of the system's (a TLS
+    # inspecting proxy, a test upstream). Empty: the system's trust store.
+    ca_file: str = ""
     connect_timeout_seconds: float = 10.0
     # Longest silence tolerated between two bytes of an upstream response.
     read_timeout_seconds: float = 120.0
@@ -412,4 +416,12 @@ def load_config(
         )
     if not values["upstream"].get("base_urls", ("x",)):
         raise ConfigError("config key 'upstream.base_urls': needs at least one URL")
+    ca_file = values["upstream"].get("ca_file", "")
+    if ca_file:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(f"config key 'upstream.ca_file': {ca_file} cannot be used as CA "
+                              f"certificates ({reason})") from None
     return Config(**{s: _SECTIONS[s](**v) for s, v in values.items()})

@@ -227,6 +227,11 @@ class _Emulator:
             scope, receive, send, scope["method"], scope["path"],
             parse_qs(scope["query_string"].decode("latin-1")), headers,
         )
+        peer = _peer(scope)
+        first = peer not in self.state.peers_seen
+        self.state.peers_seen.add(peer)
+        if self.state.rtt_seconds > 0:
+            await trio.sleep(self.state.rtt_seconds * (3 if first else 1))
         try:
             try:
                 request.body = await _read_body(receive)

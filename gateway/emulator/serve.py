@@ -24,8 +24,10 @@ from gateway.emulator.state import EmulatorState
 __all__ = ["main_emulator", "serve_emulator"]
 
 
-def _hypercorn_config(host: str, port: int) -> HyperConfig:
+def _hypercorn_config(host: str, port: int, tls: tuple[str, str] | None = None) -> HyperConfig:
     config = HyperConfig()
+    if tls is not None:  # HTTP/2 by ALPN, as the real upstream offers it, or HTTP/1.1
+        config.certfile, config.keyfile = tls
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     config.bind = [f"{host}:{port}"]
@@ -43,9 +45,11 @@ async def serve_emulator(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    tls: tuple[str, str] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `state` until cancelled; reports "http://HOST:PORT" once listening."""
+    """Serve `state` until cancelled; reports "http://HOST:PORT" once listening (https with
+    `tls`, a (certificate file, key file) pair: tests and the bench make them with trustme)."""
 
     class _FirstBind:
         # hypercorn reports every bind; callers want the one base URL
@@ -54,7 +58,7 @@ async def serve_emulator(
 
     await serve(
         create_emulator_app(state),  # type: ignore[arg-type]
-        _hypercorn_config(host, port),
+        _hypercorn_config(host, port, tls),
         task_status=_FirstBind(),  # type: ignore[arg-type]
         mode="asgi",
     )

@@ -242,6 +242,9 @@ class EmulatorState:
     version_gate: str = "text"
     # the served lineup (the emulator's own data; tests may add or remove models)
     models: dict[str, EmulatedModel] = attrs.field(factory=lambda: dict(catalogue.BY_ID))
+    # a network's round trip, paid by every request and, on a connection's first request,
+    # twice more for its TCP and TLS handshakes (what a real upstream costs a new connection)
+    rtt_seconds: float = 0.0
 
     # -- registry and credentials ---------------------------------------------------------
     accounts: dict[str, EmulatedAccount] = attrs.field(factory=dict)
@@ -253,6 +256,7 @@ class EmulatorState:
 
     # -- observations ---------------------------------------------------------------------
     received: list[ReceivedRequest] = attrs.field(factory=list)
+    peers_seen: set[str] = attrs.field(factory=set)  # client address:port, one per connection
     open_streams: int = 0
     streams_opened: int = 0
     streams_closed: int = 0
@@ -326,6 +330,10 @@ class EmulatorState:
     def issued_access_tokens(self) -> list[str]:
         """Every access token issued (newest last, up to the last 100,000), expired or not."""
         return list(self.issued_tokens)
+
+    @property
+    def connections_opened(self) -> int:
+        return len(self.peers_seen)
 
     def record(self, request: ReceivedRequest) -> int:
         """Log a received request; returns its index in `received`."""
