@@ -222,6 +222,7 @@ def _defaults() -> dict[str, Any]:
         "next_login_email": "new-user@example.com",
         "onboard_pending_polls": 0,
         "version_gate": "text",
+        "rtt_seconds": 0.0,
     }
 
 
@@ -480,6 +481,7 @@ class EmulatorState:
             "open": self.open_streams,
             "opened": self.streams_opened,
             "closed": self.streams_closed,
+            "connections": self.connections_opened,
         }
 
     def generation_requests(self) -> Iterator[ReceivedRequest]:
@@ -488,9 +490,9 @@ class EmulatorState:
 
 def _check_knob(name: str, value: Any) -> Any:
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    if name == "chunk_delay_seconds":
+    if name in ("chunk_delay_seconds", "rtt_seconds"):
         if not number or value < 0:
-            raise ValueError("chunk_delay_seconds must be a number >= 0")
+            raise ValueError(f"{name} must be a number >= 0")
         return float(value)
     if name in ("text_chunks", "token_lifetime_seconds"):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

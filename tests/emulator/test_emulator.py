@@ -595,11 +595,13 @@ async def test_client_disconnect_closes_the_stream_at_once(emulator: RunningEmul
         token = await token_for(http)
         async with http.stream("POST", STREAM, json=envelope(), headers=bearer(token)):
             await state.wait_open_streams(1, timeout=2)
-            assert state.stream_counts() == {"open": 1, "opened": 1, "closed": 0}
+            assert state.stream_counts() == {"open": 1, "opened": 1, "closed": 0,
+                                             "connections": state.connections_opened}
             dropped = trio.current_time()
     await state.wait_open_streams(0, timeout=1)
     assert state.stream_closed_times[-1] - dropped < 0.5
-    assert state.stream_counts() == {"open": 0, "opened": 1, "closed": 1}
+    assert state.stream_counts() == {"open": 0, "opened": 1, "closed": 1,
+                                     "connections": state.connections_opened}
 
 
 async def test_h2c_prior_knowledge(emulator: RunningEmulator) -> None:
@@ -643,8 +645,10 @@ async def test_control_surface(emulator: RunningEmulator) -> None:
         refused = await http.post("/__emulator/config", json={"text_chunks": 0})
         assert refused.status_code == 400
         assert (await http.post("/__emulator/config", json={"nope": 1})).status_code == 400
-        assert (await http.get("/__emulator/streams")).json() == {
-            "open": 0, "opened": 0, "closed": 0}
+        streams = (await http.get("/__emulator/streams")).json()
+        assert streams == {"open": 0, "opened": 0, "closed": 0,
+                           "connections": streams["connections"]}
+        assert streams["connections"] >= 1  # this client's own, at least
 
         assert (await http.post("/__emulator/reset")).status_code == 200
         assert "zed@example.com" not in emulator.state.accounts
