@@ -21,19 +21,23 @@ import binascii
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal
 
 import attrs
 
 from gateway import errors
 from gateway.translate import canonical as c
 from gateway.translate.context import AppliedEdit
+from gateway.translate.fields import describe_json
+from gateway.translate.fields import expect_list as _list
+from gateway.translate.fields import expect_object as _object
+from gateway.translate.fields import expect_string as _string
+from gateway.translate.fields import fail as _fail
 
 __all__ = [
     "IMAGE_MEDIA_TYPES",
     "AnthropicStreamEncoder",
     "SSEEvent",
-    "describe_json",
     "parse_count_tokens_request",
     "parse_messages_request",
     "render_context_management",
@@ -69,26 +73,8 @@ def parse_count_tokens_request(body: Any) -> c.ChatRequest:
     return _parse(body, require_max_tokens=False)
 
 
-def _fail(param: str | None, problem: str) -> NoReturn:
-    message = f"{param}: {problem}" if param else problem
-    raise errors.InvalidRequest(message, param=param)
 
 
-def describe_json(value: Any) -> str:
-    """What kind of JSON value `value` is, for an error message (never the value)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _quote(value: Any) -> str:
@@ -99,24 +85,10 @@ def _quote(value: Any) -> str:
     return describe_json(value)
 
 
-def _object(value: Any, path: str | None) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        _fail(path, f"expected an object, got {describe_json(value)}")
-    return value
 
 
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(path, f"expected an array, got {describe_json(value)}")
-    return value
 
 
-def _string(value: Any, path: str, *, non_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        _fail(path, f"expected a string, got {describe_json(value)}")
-    if non_empty and not value:
-        _fail(path, "must not be empty")
-    return value
 
 
 def _integer(value: Any, path: str) -> int:

@@ -38,14 +38,16 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import attrs
 
-from gateway import errors
 from gateway.translate import canonical as c
-from gateway.translate.anthropic import describe_json
 from gateway.translate.cloudcode import untag_signature
+from gateway.translate.fields import expect_list as _list
+from gateway.translate.fields import expect_object as _object
+from gateway.translate.fields import expect_string as _string
+from gateway.translate.fields import fail as _fail
 from gateway.translate.models import ModelInfo
 from gateway.translate.openai import DEFAULT_MAX_TOKENS, MAX_STOP_SEQUENCES
 
@@ -97,8 +99,6 @@ class GeminiRequest:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fail(path: str, problem: str) -> NoReturn:
-    raise errors.InvalidRequest(f"{path}: {problem}" if path else problem, param=path or None)
 
 
 def _snake(name: str) -> str:
@@ -141,22 +141,10 @@ def _b64decode(data: str) -> bytes:
                             validate=True)
 
 
-def _object(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        _fail(path, f"expected an object, got {describe_json(value)}")
-    return value
 
 
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(path, f"expected an array, got {describe_json(value)}")
-    return value
 
 
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        _fail(path, f"expected a string, got {describe_json(value)}")
-    return value
 
 
 def _optional_int(obj: Mapping[str, Any], name: str, path: str, low: int) -> int | None:
