@@ -55,9 +55,9 @@ __all__ = [
     "finish_reason",
     "image_block",
     "image_urls_to_fetch",
-    "json_schema_format",
     "number",
     "optional_bool",
+    "output_format",
     "parse_arguments",
     "parse_chat_request",
     "positive_int",
@@ -184,7 +184,8 @@ def parse_chat_request(
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         thinking=thinking_for_effort(body.get("reasoning_effort")),
-        response_format=_response_format(body.get("response_format")),
+        response_format=output_format(body.get("response_format"), "response_format",
+                                      schema_under="json_schema"),
         stream=optional_bool(body, "stream") or False,
     )
 
@@ -270,7 +271,12 @@ def thinking_for_effort(effort: Any, param: str = "reasoning_effort") -> c.Think
     raise _invalid(f"{param} must be one of {choices}", param)
 
 
-def _response_format(value: Any) -> c.ResponseFormat | None:
+def output_format(
+    value: Any, param: str, *, schema_under: str | None = None
+) -> c.ResponseFormat | None:
+    """An output format: Chat's `response_format` (its schema in an object under
+    `schema_under`, and optional) or Responses' `text.format` (the schema beside the type,
+    and required)."""
     if value is None:
         return None
     kind = value.get("type") if isinstance(value, Mapping) else None
@@ -279,18 +285,18 @@ def _response_format(value: Any) -> c.ResponseFormat | None:
     if kind == "json_object":
         return c.ResponseFormat("json")
     if kind == "json_schema":
-        spec = value.get("json_schema")
+        assert isinstance(value, Mapping)
+        if schema_under is None:
+            return _json_schema_format(value, param, schema_required=True)
+        spec = value.get(schema_under)
+        where = f"{param}.{schema_under}"
         if not isinstance(spec, Mapping):
-            raise _invalid(
-                "response_format.json_schema must be an object", "response_format.json_schema"
-            )
-        return json_schema_format(spec, "response_format.json_schema", schema_required=False)
-    raise _invalid(
-        "response_format.type must be text, json_object or json_schema", "response_format.type"
-    )
+            raise _invalid(f"{where} must be an object", where)
+        return _json_schema_format(spec, where, schema_required=False)
+    raise _invalid(f"{param}.type must be text, json_object or json_schema", f"{param}.type")
 
 
-def json_schema_format(
+def _json_schema_format(
     spec: Mapping[str, Any], param: str, *, schema_required: bool
 ) -> c.ResponseFormat:
     """A `json_schema` output format (Chat's `response_format.json_schema`, Responses'

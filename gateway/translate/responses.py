@@ -52,9 +52,9 @@ from gateway.translate.openai import (
     TOOL_NAME,
     image_block,
     is_http_url,
-    json_schema_format,
     number,
     optional_bool,
+    output_format,
     parse_arguments,
     positive_int,
     thinking_for_effort,
@@ -226,7 +226,7 @@ def parse_responses_request(
         tools=tools,
         tool_choice=choice,
         thinking=_thinking(effort, summary),
-        response_format=_text_format(text.get("format")),
+        response_format=output_format(text.get("format"), "text.format"),
         stream=optional_bool(body, "stream") or False,
     )
     echo = {
@@ -350,21 +350,6 @@ def _metadata(value: Any) -> dict[str, str]:
             raise _invalid("metadata keys are strings of at most 64 characters, values "
                            "strings of at most 512", f"metadata.{key}"[:80])
     return dict(value)
-
-
-def _text_format(value: Any) -> c.ResponseFormat | None:
-    if value is None:
-        return None
-    kind = value.get("type") if isinstance(value, Mapping) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return c.ResponseFormat("json")
-    if kind == "json_schema":
-        assert isinstance(value, Mapping)
-        return json_schema_format(value, "text.format", schema_required=True)
-    raise _invalid("text.format.type must be text, json_object or json_schema",
-                   "text.format.type")
 
 
 def _format_echo(value: Any) -> JSONDict:
