@@ -276,19 +276,26 @@ def h2_exchange(port: int, streams: list[tuple[list[tuple[str, str]], bytes]]) -
             if body:
                 conn.send_data(stream_id, body, end_stream=True)
             sock.sendall(conn.data_to_send())
-        pending = set(ids)
-        events: list[Any] = []
-        while pending:
-            data = sock.recv(65536)
-            if not data:
-                break
-            for event in conn.receive_data(data):
-                events.append(event)
-                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                    pending.discard(event.stream_id)
-                if isinstance(event, h2.events.ConnectionTerminated):
-                    pending.clear()
-            sock.sendall(conn.data_to_send())
+        return h2_events_until_ended(conn, sock, set(ids))
+
+
+def h2_events_until_ended(conn: Any, sock: socket.socket, pending: set[int]) -> list[Any]:
+    """The h2 events the server sends until each of `pending` ended or was reset (or the
+    connection was)."""
+    import h2.events
+
+    events: list[Any] = []
+    while pending:
+        data = sock.recv(65536)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            events.append(event)
+            if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                pending.discard(event.stream_id)
+            if isinstance(event, h2.events.ConnectionTerminated):
+                pending.clear()
+        sock.sendall(conn.data_to_send())
     return events
 
 
@@ -523,20 +530,7 @@ async def test_malformed_h2_request_headers_are_a_stream_error(gateway: RunningG
             conn.send_headers(3, [*base, ("content-length", "ten")], end_stream=True)
             conn.send_headers(5, base, end_stream=True)
             sock.sendall(conn.data_to_send())
-            events: list[Any] = []
-            pending = {1, 3, 5}
-            while pending:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                for event in conn.receive_data(data):
-                    events.append(event)
-                    if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                        pending.discard(event.stream_id)
-                    if isinstance(event, h2.events.ConnectionTerminated):
-                        pending.clear()
-                sock.sendall(conn.data_to_send())
-            return events
+            return h2_events_until_ended(conn, sock, {1, 3, 5})
 
     events = await trio.to_thread.run_sync(run)
     assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)

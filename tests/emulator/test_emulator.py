@@ -716,19 +716,25 @@ async def test_new_models_need_a_new_client(emulator: RunningEmulator) -> None:
                 ).status_code == 200
 
 
+async def signed_claude_thought(http: httpx.AsyncClient, token: str) -> tuple[str, str]:
+    """A signed Claude thought: its text and its signature."""
+    _, chunks = await stream(http, token, envelope(
+        "think", model="claude-opus-4-6-thinking",
+        generationConfig={"maxOutputTokens": 4096, "thinkingConfig": {
+            "include_thoughts": True, "thinking_budget": 1024}}))
+    thought = "".join(p["text"] for p in parts(chunks) if p.get("thought"))
+    signature = next(p["thoughtSignature"] for p in parts(chunks) if p.get("thought")
+                     and "thoughtSignature" in p)
+    return thought, signature
+
+
 async def test_signatures_belong_to_the_family_that_minted_them(
     emulator: RunningEmulator,
 ) -> None:
     """A Claude thought replayed to Gemini, or a Gemini one to Claude, is refused."""
     async with client(emulator) as http:
         token = await token_for(http)
-        _, claude = await stream(http, token, envelope(
-            "think", model="claude-opus-4-6-thinking",
-            generationConfig={"maxOutputTokens": 4096, "thinkingConfig": {
-                "include_thoughts": True, "thinking_budget": 1024}}))
-        claude_thought = "".join(p["text"] for p in parts(claude) if p.get("thought"))
-        claude_sig = next(p["thoughtSignature"] for p in parts(claude) if p.get("thought")
-                          and "thoughtSignature" in p)
+        claude_thought, claude_sig = await signed_claude_thought(http, token)
         _, gemini = await stream(http, token, envelope(
             "think", model="gemini-3-flash",
             generationConfig={"thinkingConfig": {"includeThoughts": True}}))
@@ -770,13 +776,7 @@ async def test_signatures_are_bytes_in_either_base64_alphabet(emulator: RunningE
     the same signature; other bytes are not."""
     async with client(emulator) as http:
         token = await token_for(http)
-        _, claude = await stream(http, token, envelope(
-            "think", model="claude-opus-4-6-thinking",
-            generationConfig={"maxOutputTokens": 4096, "thinkingConfig": {
-                "include_thoughts": True, "thinking_budget": 1024}}))
-        thought = "".join(p["text"] for p in parts(claude) if p.get("thought"))
-        signature = next(p["thoughtSignature"] for p in parts(claude) if p.get("thought")
-                         and "thoughtSignature" in p)
+        thought, signature = await signed_claude_thought(http, token)
 
         async def replay(sig: str) -> httpx.Response:
             return await unary(http, token, envelope(model="claude-sonnet-4-6", contents=[
