@@ -55,6 +55,7 @@ from gateway.server import is_loopback
 from gateway.signatures import SignatureCache
 from gateway.state.requests import RequestLog, RequestRecord
 from gateway.state.responses import MemoryResponseStore, ResponseStore
+from gateway.state.shared import StateStore, open_state_store
 from gateway.state.usage import UsageHistory, usage_path
 from gateway.translate.models import FALLBACK, Catalogue, ModelInfo
 from gateway.upstream.client import CloudCodeClient, make_http_client
@@ -79,6 +80,7 @@ class Services:
     metrics: Metrics
     responses: ResponseStore
     sealer: Sealer
+    state: StateStore
     requests: RequestLog = attrs.field(factory=RequestLog)
     # set when shutdown begins: what would stream for ever (the dashboard) ends then
     draining: trio.Event = attrs.field(factory=trio.Event)
@@ -119,10 +121,21 @@ async def build_services(
     client = CloudCodeClient(http, config.upstream)
     pool = AccountPool(accounts, selection=config.accounts.selection, clock=clock)
     metrics = Metrics()
-    supervisor = Supervisor(
-        pool=pool, store=store, client=client, config=config, clock=clock, metrics=metrics
+    responses = config.responses
+    state = open_state_store(
+        config.state, pool, signatures=SignatureCache(clock=clock),
+        responses=MemoryResponseStore(
+            max_responses=responses.store_max_responses, max_bytes=responses.store_max_bytes,
+            ttl_seconds=responses.store_ttl_seconds, clock=clock,
+        ),
+        clock=clock, metrics=metrics, probe_interval=config.accounts.quota_probe_interval_seconds,
     )
-    dispatcher = Dispatcher(pool, supervisor, client, config, clock=clock, metrics=metrics)
+    supervisor = Supervisor(
+        pool=pool, store=store, client=client, config=config, clock=clock, metrics=metrics,
+        state=state,
+    )
+    dispatcher = Dispatcher(pool, supervisor, client, config, clock=clock, metrics=metrics,
+                            state=state)
     metrics.watch_cooldowns(
         lambda: {
             (entry.handle, model): seconds
@@ -130,7 +143,6 @@ async def build_services(
             for model, seconds in entry.cooldowns.items()
         }
     )
-    responses = config.responses
     services = Services(
         config=config,
         clock=clock,
@@ -140,13 +152,11 @@ async def build_services(
         pool=pool,
         supervisor=supervisor,
         dispatcher=dispatcher,
-        signatures=SignatureCache(clock=clock),
+        signatures=state.signature_cache,
         metrics=metrics,
-        responses=MemoryResponseStore(
-            max_responses=responses.store_max_responses, max_bytes=responses.store_max_bytes,
-            ttl_seconds=responses.store_ttl_seconds, clock=clock,
-        ),
+        responses=state.responses,
         sealer=Sealer(await _sealing_key(config)),
+        state=state,
         usage=_usage_history(config, clock),
         demo=demo,
     )
@@ -598,11 +608,19 @@ def create_app(
     app.register_blueprint(dashboard_api.blueprint)
     supervisor_scope = trio.CancelScope()
     usage_scope = trio.CancelScope()
+    state_scope = trio.CancelScope()
 
     @app.before_serving
     async def start() -> None:
         services = await build_services(config, clock=clock, demo=demo)
         app.extensions["gateway"] = services
+
+        async def run_state(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            with state_scope:
+                await services.state.run(task_status=task_status)
+
+        # first: the supervisor's first probes may find another replica's answers there
+        await app.nursery.start(run_state)
 
         async def run_supervisor(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with supervisor_scope:
@@ -621,6 +639,7 @@ def create_app(
     async def stop() -> None:
         supervisor_scope.cancel()
         usage_scope.cancel()
+        state_scope.cancel()
         services: Services | None = app.extensions.get("gateway")
         if services is not None:
             with trio.CancelScope(shield=True):

@@ -204,6 +204,25 @@ class UsageConfig:
 
 
 @attrs.frozen(slots=True)
+class StateConfig:
+    # Shared state for several replicas (cooldowns, sticky sessions, thought signatures,
+    # invalid-account marks, quota snapshots, stored responses): a Redis URL, e.g.
+    # "redis://redis:6379/0" (rediss:// for TLS, a password as redis://:pw@host). Empty:
+    # state lives in this process only (the default for a single gateway).
+    redis_url: str = ""
+    key_prefix: str = "gateway:"  # every key and the pub/sub channel start with it
+    # Deadline of each Redis call: a slower or unreachable Redis is served around on local
+    # state (never a failed request), and tried again every retry_seconds.
+    timeout_ms: float = 50.0
+    retry_seconds: float = 2.0
+    # The lease that elects one replica to run the scheduled quota probes; a replica that
+    # dies holding it is replaced after at most this long.
+    lease_seconds: float = 15.0
+    # How long a conversation's account (and its thought signatures) are remembered.
+    session_ttl_seconds: float = 6 * 3600.0
+
+
+@attrs.frozen(slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -214,6 +233,7 @@ class Config:
     responses: ResponsesConfig = ResponsesConfig()
     dashboard: DashboardConfig = DashboardConfig()
     usage: UsageConfig = UsageConfig()
+    state: StateConfig = StateConfig()
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -226,6 +246,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "models": ModelsConfig,
     "dashboard": DashboardConfig,
     "usage": UsageConfig,
+    "state": StateConfig,
 }
 
 _SHORT_ENV = {
@@ -262,6 +283,10 @@ _POSITIVE = {
     "dashboard.update_seconds",
     "usage.flush_seconds",
     "usage.retention_days",
+    "state.timeout_ms",
+    "state.retry_seconds",
+    "state.lease_seconds",
+    "state.session_ttl_seconds",
 }
 
 
@@ -341,7 +366,8 @@ def _shown(key: str, value: Any) -> str:
 def _is_secret(key: str) -> bool:
     """Keys whose values are secrets, by the TOML name or the environment name."""
     lowered = key.lower()
-    return lowered.endswith(("api_keys", "client_secret", "api_key")) or "secret" in lowered
+    return lowered.endswith(("api_keys", "client_secret", "api_key", "redis_url")) or (
+        "secret" in lowered)
 
 
 def _describe(value: Any) -> str:
@@ -424,4 +450,8 @@ def load_config(
             reason = getattr(exc, "strerror", None) or type(exc).__name__
             raise ConfigError(f"config key 'upstream.ca_file': {ca_file} cannot be used as CA "
                               f"certificates ({reason})") from None
+    redis_url = values["state"].get("redis_url", "")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("config key 'state.redis_url': must start with redis://, rediss:// "
+                          "or unix:// (value not shown)")
     return Config(**{s: _SECTIONS[s](**v) for s, v in values.items()})

@@ -74,6 +74,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.state_mode = Gauge(
+            "gateway_state_mode",
+            "Where the shared state lives: 1 for the current mode (local, redis, "
+            "local-fallback)",
+            ["mode"],
+            registry=self.registry,
+        )
+        self.state_errors = Counter(
+            "gateway_state_errors_total",
+            "Shared-state (Redis) calls that failed or timed out",
+            registry=self.registry,
+        )
+
     def observe_request(
         self, *, route: str, model: str, status: int, seconds: float, first_byte: float | None
     ) -> None:

@@ -8,25 +8,39 @@ while that account can serve the model, so the upstream's prompt cache keeps hit
 it cannot, the healthiest usable account (most remaining quota, fewest failures) takes over
 and the session sticks to it. `snapshot()` publishes an immutable view for /health,
 /account-limits and metrics.
+
+What other replicas must learn too (a cooldown, a session's account, an invalid mark, a
+probe's answer) goes to the pool's listener as a `PoolChange` when it happens here; what they
+learned arrives through `apply_remote`, which applies a change without telling the listener
+again. With one process the listener does nothing (see `gateway.state.shared`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
 from gateway import errors
 from gateway.accounts.model import Account, account_handle
-from gateway.translate.models import Catalogue, ModelInfo
+from gateway.translate.models import (
+    Catalogue,
+    ModelInfo,
+    is_served_id,
+    parse_available_models,
+)
 
 __all__ = [
-    "AccountEntry", "AccountPool", "AccountStatus", "Membership", "Pick", "PoolSnapshot",
+    "AccountEntry", "AccountPool", "AccountStatus", "Cooldown", "CooldownsCleared",
+    "MarkCleared", "MarkedInvalid", "Membership", "Pick", "PoolChange", "PoolSnapshot",
+    "Probed", "SessionAssigned", "grant_digest", "parse_quotas",
 ]
 
 AccountStatus = Literal["ok", "invalid", "disabled", "no-token"]
@@ -63,6 +77,86 @@ class Membership:
     # same email, a record changed on disk (a new grant, enabled, an invalid mark set or
     # cleared elsewhere): its runtime state started afresh
     renewed: tuple[str, ...] = ()
+
+
+# -- what other replicas learn -------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Cooldown:
+    email: str
+    model: str
+    until: float  # epoch seconds
+
+
+@attrs.frozen(slots=True)
+class CooldownsCleared:
+    email: str | None  # None: every account's
+
+
+@attrs.frozen(slots=True)
+class SessionAssigned:
+    session: str
+    email: str
+
+
+@attrs.frozen(slots=True)
+class MarkedInvalid:
+    email: str
+    reason: str
+    grant: str  # `grant_digest` of the refresh token found revoked: a re-added one is not
+
+
+@attrs.frozen(slots=True)
+class MarkCleared:
+    email: str
+    grant: str
+
+
+@attrs.frozen(slots=True)
+class Probed:
+    email: str
+    answer: Mapping[str, Any]  # the account's fetchAvailableModels answer
+
+
+PoolChange = Cooldown | CooldownsCleared | SessionAssigned | MarkedInvalid | MarkCleared | Probed
+
+
+def grant_digest(refresh_token: str) -> str:
+    """Names a grant (a refresh token) without being it: what replicas compare."""
+    return hashlib.sha256(refresh_token.encode()).hexdigest()[:24]
+
+
+def parse_quotas(answer: Mapping[str, Any]) -> dict[str, tuple[float | None, str | None]]:
+    """Model -> (remaining fraction, reset time) from a fetchAvailableModels answer.
+
+    A model whose quota info names a reset time but no fraction is exhausted (the upstream
+    leaves the zero out).
+    """
+    models = answer.get("models")
+    quotas: dict[str, tuple[float | None, str | None]] = {}
+    if not isinstance(models, Mapping):
+        return quotas
+    for model_id, info in models.items():
+        if not isinstance(model_id, str) or not model_id or not is_served_id(model_id):
+            continue  # internal ids (chat_*, tab_*) are nobody's quota to watch
+        quota = info.get("quotaInfo") if isinstance(info, Mapping) else None
+        fraction: float | None = None
+        reset: str | None = None
+        if isinstance(quota, Mapping):
+            raw = quota.get("remainingFraction")
+            reset_raw = quota.get("resetTime")
+            reset = reset_raw if isinstance(reset_raw, str) and reset_raw else None
+            if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+                fraction = min(1.0, max(0.0, float(raw)))
+            elif reset is not None:
+                fraction = 0.0
+        quotas[model_id] = (fraction, reset)
+    return quotas
+
+
+def _ignore(change: PoolChange) -> None:
+    pass
 
 
 @attrs.frozen(slots=True)
@@ -160,6 +254,7 @@ class AccountPool:
         *,
         selection: str = "sticky",
         clock: Callable[[], float] = time.time,
+        listener: Callable[[PoolChange], None] = _ignore,
     ) -> None:
         if selection not in ("sticky", "round-robin"):
             raise ValueError(f"selection must be 'sticky' or 'round-robin', not {selection!r}")
@@ -170,6 +265,7 @@ class AccountPool:
         self._last_rotated: str | None = None
         self._catalogue: Catalogue | None = None
         self._catalogue_stale = True
+        self.listener = listener
         self.replace_accounts(accounts)
 
     # -- membership ------------------------------------------------------------------------
@@ -265,11 +361,15 @@ class AccountPool:
             ready, key=lambda s: (-s.fraction(model_id), s.failures, order[s.email])
         )
         if session_id:
-            self._sessions[session_id] = chosen.email
-            self._sessions.move_to_end(session_id)
-            while len(self._sessions) > MAX_STICKY_SESSIONS:
-                self._sessions.popitem(last=False)
+            self._assign(session_id, chosen.email)
+            self.listener(SessionAssigned(session_id, chosen.email))
         return chosen
+
+    def _assign(self, session_id: str, email: str) -> None:
+        self._sessions[session_id] = email
+        self._sessions.move_to_end(session_id)
+        while len(self._sessions) > MAX_STICKY_SESSIONS:
+            self._sessions.popitem(last=False)
 
     def _rotate(self, ready: list[_State]) -> _State:
         emails = list(self._states)
@@ -286,6 +386,10 @@ class AccountPool:
         """The account a session is stuck to, if any."""
         return self._sessions.get(session_id)
 
+    def sessions(self) -> list[tuple[str, str]]:
+        """(session, account) of every remembered session, oldest first."""
+        return list(self._sessions.items())
+
     # -- outcomes --------------------------------------------------------------------------
 
     # Outcomes arrive from requests that picked the account earlier; one removed from the
@@ -295,16 +399,28 @@ class AccountPool:
         """`email` may not serve `model` for `seconds` (the latest word from upstream wins)."""
         state = self._states.get(email)
         if state is not None:
-            state.cooldown_until[model] = self._clock() + max(0.0, seconds)
+            until = self._clock() + max(0.0, seconds)
+            state.cooldown_until[model] = until
+            self.listener(Cooldown(email, model, until))
 
     def clear_cooldowns(self, email: str | None = None) -> None:
         """Forget cooldowns (all accounts, or one): the operator says quota is back.
 
         A quota probe that still finds a model exhausted puts its cooldown right back.
         """
+        self._clear_cooldowns(email)
+        self.listener(CooldownsCleared(email))
+
+    def _clear_cooldowns(self, email: str | None) -> None:
         for address, state in self._states.items():
             if email is None or address == email:
                 state.cooldown_until.clear()
+
+    def cooldowns(self) -> list[Cooldown]:
+        """Every cooldown still running."""
+        now = self._clock()
+        return [Cooldown(state.email, model, until) for state in self._states.values()
+                for model, until in state.cooldown_until.items() if until > now]
 
     def cooldown_remaining(self, email: str, model: str) -> float:
         """Seconds until `email` may serve `model`; 0 for an account no longer in the pool."""
@@ -326,10 +442,19 @@ class AccountPool:
 
     def mark_invalid(self, email: str, reason: str) -> None:
         state = self._state(email)
+        self._mark_invalid(state, reason)
+        self.listener(MarkedInvalid(email, reason, grant_digest(state.account.refresh_token)))
+
+    def _mark_invalid(self, state: _State, reason: str) -> None:
         state.invalid_reason = reason
         state.token = None
         state.token_expiry = 0.0
         self._catalogue_stale = True
+
+    def invalid_marks(self) -> list[MarkedInvalid]:
+        """The accounts found invalid, with the grant each was found invalid with."""
+        return [MarkedInvalid(s.email, s.invalid_reason, grant_digest(s.account.refresh_token))
+                for s in self._states.values() if s.invalid_reason is not None]
 
     # -- facts from the supervisor ---------------------------------------------------------
 
@@ -341,6 +466,7 @@ class AccountPool:
         if state.invalid_reason is not None:
             state.invalid_reason = None
             self._catalogue_stale = True
+            self.listener(MarkCleared(email, grant_digest(state.account.refresh_token)))
 
     def status(self, email: str) -> AccountStatus:
         return self._state(email).status(self._clock())
@@ -388,6 +514,47 @@ class AccountPool:
         state.models = {m.id: m for m in models}
         state.retired = dict(retired)
         self._catalogue_stale = True
+
+    def probed(self, email: str, answer: Mapping[str, Any]) -> None:
+        """A quota probe's answer (fetchAvailableModels): the account's quotas and models."""
+        self._probed(email, answer)
+        self.listener(Probed(email, answer))
+
+    def _probed(self, email: str, answer: Mapping[str, Any]) -> None:
+        self.set_quotas(email, parse_quotas(answer))
+        self.set_models(email, *parse_available_models(answer))
+
+    # -- what other replicas learned -------------------------------------------------------
+
+    def apply_remote(self, change: PoolChange) -> bool:
+        """Apply what another replica learned; False when it is not this pool's concern (an
+        account this replica does not have, or a mark on another grant than its own)."""
+        state = self._states.get(change.email) if not isinstance(
+            change, CooldownsCleared) else None
+        if isinstance(change, CooldownsCleared):
+            if change.email is not None and change.email not in self._states:
+                return False
+            self._clear_cooldowns(change.email)
+            return True
+        if state is None:
+            return False
+        if isinstance(change, Cooldown):
+            state.cooldown_until[change.model] = change.until
+        elif isinstance(change, SessionAssigned):
+            self._assign(change.session, change.email)
+        elif isinstance(change, MarkedInvalid):
+            if change.grant != grant_digest(state.account.refresh_token):
+                return False
+            self._mark_invalid(state, change.reason)
+        elif isinstance(change, MarkCleared):
+            if (change.grant != grant_digest(state.account.refresh_token)
+                    or state.invalid_reason is None):
+                return False
+            state.invalid_reason = None
+            self._catalogue_stale = True
+        else:
+            self._probed(change.email, change.answer)
+        return True
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -31,15 +31,17 @@ import trio
 
 from gateway.accounts import oauth
 from gateway.accounts.model import Account, account_handle
-from gateway.accounts.pool import AccountPool, Membership
+from gateway.accounts.pool import AccountPool, Membership, parse_quotas
 from gateway.accounts.store import AccountStore, AccountStoreError
 from gateway.config import Config
-from gateway.translate.models import is_served_id, parse_available_models
 from gateway.upstream.client import CloudCodeClient, UpstreamHTTPError
 from gateway.upstream.gate import is_version_refusal
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
+    from gateway.state.shared import StateStore
+
+__all__ = ["Supervisor", "parse_quotas"]
 
 log = logging.getLogger("gateway.accounts")
 
@@ -90,34 +92,6 @@ def _backoff(failures: int) -> float:
     return float(min(MAX_BACKOFF_SECONDS, MIN_BACKOFF_SECONDS * 2.0 ** max(0, failures - 1)))
 
 
-def parse_quotas(answer: Mapping[str, Any]) -> dict[str, tuple[float | None, str | None]]:
-    """Model -> (remaining fraction, reset time) from a fetchAvailableModels answer.
-
-    A model whose quota info names a reset time but no fraction is exhausted (the upstream
-    leaves the zero out).
-    """
-    models = answer.get("models")
-    quotas: dict[str, tuple[float | None, str | None]] = {}
-    if not isinstance(models, Mapping):
-        return quotas
-    for model_id, info in models.items():
-        if not isinstance(model_id, str) or not model_id or not is_served_id(model_id):
-            continue  # internal ids (chat_*, tab_*) are nobody's quota to watch
-        quota = info.get("quotaInfo") if isinstance(info, Mapping) else None
-        fraction: float | None = None
-        reset: str | None = None
-        if isinstance(quota, Mapping):
-            raw = quota.get("remainingFraction")
-            reset_raw = quota.get("resetTime")
-            reset = reset_raw if isinstance(reset_raw, str) and reset_raw else None
-            if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
-                fraction = min(1.0, max(0.0, float(raw)))
-            elif reset is not None:
-                fraction = 0.0
-        quotas[model_id] = (fraction, reset)
-    return quotas
-
-
 class Supervisor:
     """Token refresh, project discovery and quota probes for every account in the pool."""
 
@@ -132,8 +106,13 @@ class Supervisor:
         metrics: Metrics | None = None,
         startup_wait_seconds: float = STARTUP_WAIT_SECONDS,
         probe_min_gap_seconds: float = PROBE_MIN_GAP_SECONDS,
+        state: StateStore | None = None,
     ) -> None:
         self.pool = pool
+        # shared state (replicas): who runs scheduled probes; None: this process, always
+        self.state = state
+        if state is not None:
+            state.on_revived = self._revived
         self.store = store
         self.client = client
         self.config = config
@@ -182,6 +161,13 @@ class Supervisor:
     def access_token(self, email: str) -> str | None:
         """The account's current access token, or None while it has no valid one."""
         return self.pool.token(email)
+
+    def _revived(self, email: str) -> None:
+        """Another replica found `email`'s grant alive again: fetch a token here too."""
+        worker = self._workers.get(email)
+        if worker is not None:
+            worker.refresh_retry_at = 0.0
+            worker.poke()
 
     def request_probe(self, email: str) -> None:
         """Ask for a quota probe of `email` soon (after a 429, say). Never blocks.
@@ -384,7 +370,11 @@ class Supervisor:
                 if worker.probe_requested:
                     probe_at = min(probe_at, worker.last_probe + self._probe_gap)
                 if probe_at <= now:
-                    await self._probe(worker, token, account)
+                    if worker.probe_requested or self._may_probe(email):
+                        await self._probe(worker, token, account)
+                    else:
+                        # another replica probes on schedule and shares its answers
+                        worker.next_probe = now + self.config.accounts.quota_probe_interval_seconds
                     continue
                 deadlines.append(probe_at)
             # Everything due now is done: the account has had its first round.
@@ -392,6 +382,9 @@ class Supervisor:
             delay = max(0.0, min(deadlines) - self._clock()) if deadlines else math.inf
             with trio.move_on_after(delay):
                 await worker.wake.wait()
+
+    def _may_probe(self, email: str) -> bool:
+        return self.state is None or self.state.may_probe(email)
 
     def _account_state(self, email: str) -> str:
         # An account removed from the pool is left alone, like an invalid one.
@@ -511,8 +504,7 @@ class Supervisor:
                     continue
                 if not self._is_current(worker):
                     return
-                self.pool.set_quotas(worker.email, parse_quotas(answer))
-                self.pool.set_models(worker.email, *parse_available_models(answer))
+                self.pool.probed(worker.email, answer)
                 return
         if failure is not None and failure.status == 401:
             # The token died early (revoked session): the next round refreshes it.

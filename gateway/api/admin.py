@@ -108,6 +108,7 @@ async def health() -> tuple[dict[str, Any], int]:
             "models": len(services.catalogue()),
             "uptimeSeconds": round(time.time() - _STARTED, 1),
             "demo": services.demo,
+            **services.state.describe(),
         },
         200 if serving else 503,
     )

@@ -598,7 +598,7 @@ async def _relay(
 ) -> None:
     """One attempt: stream events to the writer (or, for a unary request, all at the end)."""
     request = prepared.request
-    signatures = dict(services.signatures.lookup(prepared.session_id))
+    signatures = dict(await services.state.signatures(prepared.session_id))
     for edit in prepared.context_edits:
         for tool_id in edit.cleared_input_ids:  # a signature over the old input: sentinel
             signatures.pop(tool_id, None)
@@ -657,7 +657,7 @@ def _remember_signatures(
 ) -> None:
     for event in events:
         if isinstance(event, c.ToolSignature):
-            services.signatures.remember(session_id, event.tool_id, event.signature)
+            services.state.remember_signature(session_id, event.tool_id, event.signature)
 
 
 def _track(outcome: _Outcome, events: Sequence[c.StreamEvent]) -> None:

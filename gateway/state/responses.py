@@ -6,13 +6,14 @@ id of the response it continued, so a conversation is a chain and every turn cos
 what it added. `history` walks the chain back to its start. The in-memory store is bounded
 by count, bytes and age, evicting the least recently used first; walking a chain touches
 every response on it, so a conversation in use keeps its beginning. Nothing survives a
-restart. The interface is async so a shared backend (Redis) can stand in for it.
+restart. The interface is async so a shared backend (`gateway.state.shared`, Redis) can stand
+in for it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -60,9 +61,9 @@ class MemoryResponseStore:
         clock: Callable[[], float],
     ) -> None:
         self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
-        self._max_responses = max_responses
-        self._max_bytes = max_bytes
-        self._ttl = ttl_seconds
+        self.max_responses = max_responses
+        self.max_bytes = max_bytes
+        self.ttl_seconds = ttl_seconds
         self._clock = clock
         self.bytes = 0
 
@@ -70,13 +71,13 @@ class MemoryResponseStore:
         return len(self._entries)
 
     async def put(self, stored: StoredResponse) -> None:
-        if stored.size > self._max_bytes:
+        if stored.size > self.max_bytes:
             return  # bigger than the whole store: kept nowhere rather than evicting all
         self._drop(stored.id)
         self._entries[stored.id] = stored
         self.bytes += stored.size
         while self._entries and (
-            len(self._entries) > self._max_responses or self.bytes > self._max_bytes
+            len(self._entries) > self.max_responses or self.bytes > self.max_bytes
         ):
             self._drop(next(iter(self._entries)))
 
@@ -84,7 +85,7 @@ class MemoryResponseStore:
         stored = self._entries.get(response_id)
         if stored is None:
             return None
-        if self._clock() - stored.created_at > self._ttl:
+        if self._clock() - stored.created_at > self.ttl_seconds:
             self._drop(response_id)
             return None
         self._entries.move_to_end(response_id)
@@ -93,15 +94,22 @@ class MemoryResponseStore:
     async def delete(self, response_id: str) -> bool:
         return self._drop(response_id)
 
-    async def history(self, response_id: str) -> list[JSONDict]:
+    async def history(
+        self,
+        response_id: str,
+        *,
+        get: Callable[[str], Awaitable[StoredResponse | None]] | None = None,
+    ) -> list[JSONDict]:
         """Every item of the chain ending at `response_id`, oldest first (inputs, then
-        outputs, of each response); raises BrokenChain naming the first missing one."""
+        outputs, of each response); raises BrokenChain naming the first missing one.
+        `get` reads each response (a shared store's, which falls back on this one)."""
+        read = self.get if get is None else get
         chain: list[StoredResponse] = []
         seen: set[str] = set()
         current: str | None = response_id
         while current is not None and current not in seen and len(chain) < _MAX_CHAIN:
             seen.add(current)
-            stored = await self.get(current)
+            stored = await read(current)
             if stored is None:
                 raise BrokenChain(current)
             chain.append(stored)

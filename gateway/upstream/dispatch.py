@@ -39,6 +39,7 @@ from gateway.upstream.ratelimit import is_capacity_exhausted, rate_limit_kind, r
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
+    from gateway.state.shared import StateStore
 
 log = logging.getLogger("gateway.dispatch")
 
@@ -118,8 +119,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         jitter: Callable[[], float] = random.random,
+        state: StateStore | None = None,
     ) -> None:
         self.pool = pool
+        self.state = state  # None: one process, nothing to recall
         self.supervisor = supervisor
         self.client = client
         self.config = config
@@ -139,6 +142,9 @@ class Dispatcher:
         connection. A normal exit records the account's success.
         """
         async with AsyncExitStack() as stack:
+            # a conversation begun on another replica continues on its account
+            if self.state is not None:
+                await self.state.recall_session(sticky_key)
             stream = await self._open(stack, model, sticky_key, build_body)
             self.version_refused = False
             yield stream

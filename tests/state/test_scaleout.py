@@ -1,0 +1,302 @@
+"""Three `gateway serve` replicas, one Redis, one emulator: they behave as one pool.
+
+Each replica is a real process started from the command line with `state.redis_url` set;
+the emulator runs in the test (on a loopback socket the replicas reach), redis-server is
+Debian's. What one replica learns (a 429's cooldown, a conversation's account, an invalid
+grant) the others act on; Redis going away fails no request, and the replicas resync when
+it returns; a replica killed with -9 holds no lease past its TTL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from gateway.cli import write_demo_accounts
+from gateway.emulator import Fault
+from tests.replicas import RedisServer, Replica, replica_config, start_replica
+from tests.support import RunningEmulator
+
+MODEL = "claude-sonnet-4-6"
+DEMO1, DEMO2 = "demo1@example.com", "demo2@example.com"
+
+StartReplicas = Callable[..., Awaitable[list[Replica]]]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Any:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def replicas(
+    emulator: RunningEmulator, redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[StartReplicas]:
+    started: list[Replica] = []
+
+    async def start(count: int = 3, extra: str = "") -> list[Replica]:
+        async with trio.open_nursery() as nursery:
+            for index in range(count):
+                name = "ABCDEFGH"[len(started) + index]
+                # each its own copy of the accounts file, as on separate hosts: what one
+                # replica writes there, the others never read
+                accounts = tmp_path / f"accounts-{name}.json"
+                await write_demo_accounts(str(accounts))
+                config = tmp_path / f"replica-{name}.toml"
+                replica_config(config, emulator=emulator.url, accounts=accounts,
+                               redis=redis_server.url, extra=extra)
+
+                async def one(name: str = name, config: Path = config) -> None:
+                    started.append(await trio.to_thread.run_sync(
+                        start_replica, name, config, tmp_path))
+
+                nursery.start_soon(one)
+        group = sorted(started[-count:], key=lambda r: r.name)
+        for replica in group:
+            await until(lambda r=replica: _ready(r), f"replica {replica.name} ready")
+        return group
+
+    yield start
+    for replica in started:
+        await trio.to_thread.run_sync(replica.stop)
+
+
+def _ready(replica: Replica) -> bool:
+    health = replica.health()
+    return bool(health["activeAccounts"] == 2 and health["state"] == "redis"
+                and health["models"] > 0)
+
+
+async def until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Poll `check` (blocking calls, run in a thread) until it is truthy."""
+    deadline = trio.current_time() + timeout
+    while True:
+        found = await trio.to_thread.run_sync(check)
+        if found:
+            return found
+        if trio.current_time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await trio.sleep(0.02)
+
+
+def ask(replica: Replica, text: str, *, history: list[dict[str, Any]] | None = None,
+        ) -> httpx.Response:
+    messages = [*(history or []), {"role": "user", "content": text}]
+    return replica.post("/v1/messages", json={
+        "model": MODEL, "max_tokens": 64, "messages": messages})
+
+
+async def ask_async(replica: Replica, text: str, **kwargs: Any) -> httpx.Response:
+    return await trio.to_thread.run_sync(partial(ask, replica, text, **kwargs))
+
+
+def served_by(emulator: RunningEmulator) -> list[str | None]:
+    """The accounts of the generation calls the emulator answered, oldest first."""
+    return [r.email for r in emulator.state.received if "generatecontent" in r.path.lower()]
+
+
+def cooling(replica: Replica, email: str) -> float:
+    entry = replica.limits()[email]
+    return float(entry["models"].get(MODEL, {}).get("cooldownSeconds") or 0.0)
+
+
+async def test_a_429_seen_by_one_replica_cools_the_account_for_all(
+    replicas: StartReplicas, emulator: RunningEmulator
+) -> None:
+    a, b, c = await replicas()
+    emulator.state.add_fault(Fault("rate_limit", account=DEMO1, times=1, reset_seconds=120))
+    emulator.state.received.clear()
+    answer = await ask_async(a, "first")
+    assert answer.status_code == 200, answer.text
+    assert served_by(emulator) == [DEMO1, DEMO2]  # the 429, then the failover
+    finished = time.monotonic()
+    await until(lambda: cooling(b, DEMO1) > 100 and cooling(c, DEMO1) > 100,
+                "B and C see demo1 cooling")
+    seen_after = time.monotonic() - finished
+    # published before A even failed over; a loose bound so a busy CI box cannot flake
+    assert seen_after < 1.0
+    emulator.state.received.clear()
+    for replica in (b, c):
+        fresh = await ask_async(replica, f"a new conversation on {replica.name}")
+        assert fresh.status_code == 200, fresh.text
+    assert served_by(emulator) == [DEMO2, DEMO2]  # nobody spends a request on demo1
+
+
+async def test_a_conversation_keeps_its_account_whichever_replica_serves_a_turn(
+    replicas: StartReplicas, emulator: RunningEmulator
+) -> None:
+    a, b, c = await replicas()
+    # the first turn lands on demo2 (demo1 is cooling), then demo1 is usable again: a
+    # replica that did not know the conversation would pick demo1, the first healthy one
+    emulator.state.add_fault(Fault("rate_limit", account=DEMO1, times=1, reset_seconds=120))
+    first = await ask_async(a, "hello, remember me")
+    assert first.status_code == 200, first.text
+    cleared = await trio.to_thread.run_sync(partial(a.post, "/refresh-token"))
+    assert cleared.status_code == 200
+    await until(lambda: cooling(b, DEMO1) == 0 and cooling(c, DEMO1) == 0,
+                "the cooldown cleared everywhere")
+    emulator.state.received.clear()
+    history = [{"role": "user", "content": "hello, remember me"},
+               {"role": "assistant", "content": first.json()["content"][0]["text"]}]
+    for replica in (b, c, a, b):
+        turn = await ask_async(replica, f"turn on {replica.name}", history=history)
+        assert turn.status_code == 200, turn.text
+        history += [{"role": "user", "content": f"turn on {replica.name}"},
+                    {"role": "assistant", "content": turn.json()["content"][0]["text"]}]
+    assert served_by(emulator) == [DEMO2] * 4
+    # the control: a new conversation goes to demo1, so the turns above were steered
+    other = await ask_async(c, "someone else entirely")
+    assert other.status_code == 200
+    assert served_by(emulator)[-1] == DEMO1
+
+
+def _refreshes(replica: Replica) -> float:
+    text = replica.get("/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith('gateway_token_refreshes_total{result="ok"}'):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_concurrent_401s_refresh_once_per_replica_and_invalid_grants_mark_all(
+    replicas: StartReplicas, emulator: RunningEmulator
+) -> None:
+    group = await replicas()
+    before = [await trio.to_thread.run_sync(_refreshes, r) for r in group]
+    emulator.state.expire_access_tokens()  # every access token now gets a 401
+    statuses: list[int] = []
+
+    async def one(index: int) -> None:
+        replica = group[index % len(group)]
+        statuses.append((await ask_async(replica, f"question {index}")).status_code)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(30):
+            nursery.start_soon(one, index)
+    assert statuses == [200] * 30
+    after = [await trio.to_thread.run_sync(_refreshes, r) for r in group]
+    # at most one refresh per account per replica (two accounts may have served)
+    for replica, was, now in zip(group, before, after, strict=True):
+        assert now - was <= 2, f"replica {replica.name} refreshed {now - was} times"
+
+    # an invalid_grant found by A marks demo1 invalid on B and C, who never asked
+    emulator.state.add_fault(Fault("invalid_grant", account=DEMO1))
+    emulator.state.received.clear()
+    a, b, c = group
+    result = await trio.to_thread.run_sync(
+        partial(a.post, "/refresh-token", json={"email": DEMO1}))
+    assert result.json()["results"][DEMO1]["status"] == "invalid"
+    await until(lambda: b.limits()[DEMO1]["status"] == "invalid"
+                and c.limits()[DEMO1]["status"] == "invalid", "B and C mark demo1 invalid")
+    token_calls = [r for r in emulator.state.received if r.path == "/token"]
+    assert len(token_calls) == 1  # A's alone
+    emulator.state.received.clear()
+    served = await ask_async(c, "after the grant died")
+    assert served.status_code == 200
+    # demo2 (C's demo2 token may be the expired one, renewed on its 401 first)
+    assert served_by(emulator)[-1] == DEMO2 and DEMO1 not in served_by(emulator)
+
+
+async def test_redis_going_away_fails_no_request_and_replicas_resync(
+    replicas: StartReplicas, emulator: RunningEmulator, redis_server: RedisServer
+) -> None:
+    group = await replicas()
+    a, b, c = group
+    statuses: list[int] = []
+    done = trio.Event()
+
+    async def load(index: int) -> None:
+        replica = group[index % 3]
+        statuses.append((await ask_async(replica, f"load {index}")).status_code)
+        if len(statuses) == 20:
+            done.set()
+
+    async with trio.open_nursery() as nursery:
+        limiter = trio.CapacityLimiter(6)
+
+        async def limited(index: int) -> None:
+            async with limiter:
+                await load(index)
+
+        for index in range(60):
+            nursery.start_soon(limited, index)
+        await done.wait()
+        redis_server.kill()  # mid-load
+    assert statuses == [200] * 60
+    for replica in group:
+        await until(lambda r=replica: r.health()["state"] == "local-fallback",
+                    f"{replica.name} on local state")
+
+    # learned while Redis is down: A's cooldown stays A's, for now
+    emulator.state.add_fault(Fault("rate_limit", account=DEMO1, times=1, reset_seconds=120))
+    assert (await ask_async(a, "while redis is down")).status_code == 200
+    assert cooling(a, DEMO1) > 100 and cooling(b, DEMO1) == 0
+
+    redis_server.start()  # an empty Redis, on the same port
+    for replica in group:
+        await until(lambda r=replica: r.health()["state"] == "redis",
+                    f"{replica.name} back on Redis")
+    # A pushed what it learned; B and C have it now
+    await until(lambda: cooling(b, DEMO1) > 100 and cooling(c, DEMO1) > 100,
+                "A's cooldown resynced to B and C")
+    metrics = (await trio.to_thread.run_sync(partial(b.get, "/metrics"))).text
+    assert 'gateway_state_mode{mode="redis"} 1.0' in metrics
+    assert "gateway_state_errors_total" in metrics
+    assert any("Redis unavailable" in line for line in b.lines)
+    assert sum("Redis unavailable" in line for line in b.lines) == 1  # logged once
+
+
+async def test_a_hung_redis_is_served_around(
+    replicas: StartReplicas, emulator: RunningEmulator, redis_server: RedisServer
+) -> None:
+    a, b, _ = await replicas(extra="timeout_ms = 50")
+    redis_server.pause()  # the sockets stay open; nothing answers
+    try:
+        started = time.monotonic()
+        for index in range(3):
+            answer = await ask_async(b, f"hung {index}")
+            assert answer.status_code == 200
+        # a request waits at most a read deadline or two, never Redis's recovery
+        assert time.monotonic() - started < 5.0
+        await until(lambda: b.health()["state"] == "local-fallback", "B on local state")
+    finally:
+        redis_server.resume()
+    await until(lambda: a.health()["state"] == "redis" and b.health()["state"] == "redis",
+                "back on Redis")
+
+
+async def test_a_replica_killed_with_9_leaves_no_lease_past_its_ttl(
+    replicas: StartReplicas, redis_server: RedisServer
+) -> None:
+    group = await replicas()
+    holder = await until(
+        lambda: next((r for r in group if r.health().get("probeLease")), None),
+        "a lease holder")
+    lease = redis_server.command("GET", "gateway:lease:probes")
+    assert lease == holder.health()["replica"]
+    ttl = redis_server.command("PTTL", "gateway:lease:probes")
+    assert 0 < ttl <= 1500
+    holder.kill()  # -9: no goodbye
+    others = [r for r in group if r is not holder]
+    killed_at = time.monotonic()
+    successor = await until(
+        lambda: next((r for r in others if r.health().get("probeLease")), None),
+        "another replica takes the lease")
+    assert time.monotonic() - killed_at < 1.5 + 1.0  # the TTL, and one renewal period
+    assert redis_server.command("GET", "gateway:lease:probes") == successor.health()["replica"]
+    # every key the gateway wrote expires
+    keys = redis_server.command("KEYS", "gateway:*")
+    assert keys
+    for key in keys:
+        assert redis_server.command("PTTL", key) > 0, key
