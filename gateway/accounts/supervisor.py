@@ -19,6 +19,7 @@ already streaming on it finish. A file that cannot be read leaves the accounts a
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -53,6 +54,9 @@ MIN_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 300.0
 # Requested probes (after a 429) come at most this often per account.
 PROBE_MIN_GAP_SECONDS = 30.0
+
+# Errors that mean "this process may not write the accounts file", not "it failed".
+_READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY})
 
 RefreshResult = dict[str, Any]
 # What tells one version of the accounts file from another: mtime (ns), size, inode. The
@@ -127,6 +131,7 @@ class Supervisor:
         # (it may have changed between the pool's loading and `run`).
         self._file_seen: FileMark | None = None
         self._reload_problem: str | None = None  # what was last logged about the file
+        self._read_only_reported = False
 
     # -- the public face -------------------------------------------------------------------
 
@@ -541,6 +546,17 @@ class Supervisor:
             with trio.CancelScope(shield=True):
                 await self.store.aupdate(change)
         except (AccountStoreError, OSError) as exc:
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in _READ_ONLY:
+                # a replica's read-only mount: the file's writer is elsewhere (README)
+                if not self._read_only_reported:
+                    self._read_only_reported = True
+                    log.warning(
+                        "the accounts file %s is read-only here: what this gateway learns "
+                        "of its accounts (projects, invalid grants) is not saved in it%s",
+                        self.store.path, "; replicas share it through Redis" if (
+                            self.config.state.redis_url) else "")
+                return
             log.error("could not save account %s: %s", account_handle(email), exc)
 
     def _count(self, result: str) -> None:

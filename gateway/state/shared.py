@@ -286,18 +286,21 @@ class RedisStateStore(StateStore):
                 )
                 async with client:
                     self._broken = trio.Event()
-                    async with trio.open_nursery() as nursery:
-                        await self._resync(client)
-                        await nursery.start(self._subscribe, client)
-                        self._client = client
-                        self._set_connected(True)
-                        if not started:
-                            started = True
-                            task_status.started()
-                        nursery.start_soon(self._write, client)
-                        nursery.start_soon(self._hold_lease, client)
-                        await self._broken.wait()
-                        raise _Unavailable("a call failed or timed out")
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            await self._resync(client)
+                            await nursery.start(self._subscribe, client)
+                            self._client = client
+                            self._set_connected(True)
+                            if not started:
+                                started = True
+                                task_status.started()
+                            nursery.start_soon(self._write, client)
+                            nursery.start_soon(self._hold_lease, client)
+                            await self._broken.wait()
+                            raise _Unavailable("a call failed or timed out")
+                    finally:
+                        await self._release_lease(client)
             except Exception as exc:  # every failure means "serve locally"
                 self._fail(exc)
             finally:
@@ -450,6 +453,20 @@ class RedisStateStore(StateStore):
                          self.replica)
             self._holds_lease = holds
             await trio.sleep(min(self.config.lease_seconds / 3, self.config.retry_seconds))
+
+    async def _release_lease(self, client: coredis.Redis[str]) -> None:
+        """Stopping (or losing Redis) while holding the probe lease: hand it back at once,
+        so another replica takes over without waiting out its TTL."""
+        if not self._holds_lease:
+            return
+        self._holds_lease = False
+        with trio.move_on_after(max(self._timeout * 4, 0.2)) as bounded:
+            bounded.shield = True
+            try:
+                await client.eval(_RELEASE_LEASE, keys=[f"{self.prefix}lease:probes"],
+                                  args=[self.replica])
+            except Exception:  # expiring by itself is the fallback
+                log.debug("shared state: could not hand the probe lease back")
 
     async def _resync(self, client: coredis.Redis[str]) -> None:
         """After (re)connecting: push what this replica knows, then pull what others do."""
@@ -640,6 +657,13 @@ if holder == false then
 elseif holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
+end
+return 0
+"""
+# Hand the lease back, if this replica still holds it.
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """

@@ -77,9 +77,9 @@ def _ready(replica: Replica) -> bool:
                 and health["models"] > 0)
 
 
-async def until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+async def until(check: Callable[[], Any], what: str, seconds: float = 10.0) -> Any:
     """Poll `check` (blocking calls, run in a thread) until it is truthy."""
-    deadline = trio.current_time() + timeout
+    deadline = trio.current_time() + seconds
     while True:
         found = await trio.to_thread.run_sync(check)
         if found:
@@ -300,3 +300,48 @@ async def test_a_replica_killed_with_9_leaves_no_lease_past_its_ttl(
     assert keys
     for key in keys:
         assert redis_server.command("PTTL", key) > 0, key
+
+
+GEMINI_SIGNING = "gemini-3.1-pro-high"  # signs its function calls: replays need them
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+async def test_thought_signatures_and_stored_responses_reach_every_replica(
+    replicas: StartReplicas, emulator: RunningEmulator
+) -> None:
+    a, b, c = await replicas()
+    # OpenAI Chat clients cannot carry Gemini's call signatures: the gateway keeps them,
+    # and the replica serving the tool result must find the one A kept
+    question = {"role": "user", "content": "Use get_weather for Paris"}
+    first = await trio.to_thread.run_sync(partial(a.post, "/v1/chat/completions", json={
+        "model": GEMINI_SIGNING, "messages": [question], "tools": [WEATHER_TOOL]}))
+    assert first.status_code == 200, first.text
+    message = first.json()["choices"][0]["message"]
+    call = message["tool_calls"][0]
+    emulator.state.received.clear()
+    second = await trio.to_thread.run_sync(partial(b.post, "/v1/chat/completions", json={
+        "model": GEMINI_SIGNING, "tools": [WEATHER_TOOL], "messages": [
+            question, message,
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny, 21 C"}]}))
+    assert second.status_code == 200, second.text
+    replayed = [r.body for r in emulator.state.received if "generatecontent" in r.path.lower()]
+    parts = replayed[-1]["request"]["contents"][1]["parts"]
+    signatures = [p.get("thoughtSignature") for p in parts if "functionCall" in p]
+    assert signatures and signatures[0] != "skip_thought_signature_validator"
+
+    # a stored response made on A is continued on C, read on B
+    made = await trio.to_thread.run_sync(partial(a.post, "/v1/responses", json={
+        "model": MODEL, "input": "my name is Ada"}))
+    assert made.status_code == 200, made.text
+    response_id = made.json()["id"]
+    emulator.state.received.clear()
+    follow = await trio.to_thread.run_sync(partial(c.post, "/v1/responses", json={
+        "model": MODEL, "input": "what is my name?", "previous_response_id": response_id}))
+    assert follow.status_code == 200, follow.text
+    sent = [r.body for r in emulator.state.received if "generatecontent" in r.path.lower()]
+    assert "my name is Ada" in str(sent[-1]["request"]["contents"])
+    got = await trio.to_thread.run_sync(partial(b.get, f"/v1/responses/{response_id}"))
+    assert got.status_code == 200 and got.json()["id"] == response_id
