@@ -173,6 +173,12 @@ def _usage_history(config: Config, clock: Callable[[], float]) -> UsageHistory |
                         retention_days=usage.retention_days, clock=clock)
 
 
+async def prepare_shared_files(config: Config) -> None:
+    """Make the files processes sharing a config must share (the sealing key), once, before
+    several start at the same time (`gateway serve --workers`)."""
+    await _sealing_key(config)
+
+
 async def _sealing_key(config: Config) -> bytes:
     path = Path(config.responses.key_file or Path(config.accounts.file).parent / "responses.key")
     try:

@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback bind without API keys (anyone can use your quota)",
     )
+    serve.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="N processes on this address, to use N cores (needs state.redis_url; "
+             "default server.workers, 1)",
+    )
 
     demo = sub.add_parser(
         "demo", help="serve the gateway on the built-in emulator (no account)",
@@ -135,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             config = attrs.evolve(config, server=attrs.evolve(config.server, host=args.host))
         if getattr(args, "port", None) is not None:
             config = attrs.evolve(config, server=attrs.evolve(config.server, port=args.port))
+        if getattr(args, "workers", None) is not None:
+            if args.workers < 1:
+                raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+            config = attrs.evolve(config, server=attrs.evolve(config.server,
+                                                              workers=args.workers))
         code = _run(args, config)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
     except BrokenPipeError:
@@ -196,7 +206,12 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             # a broken accounts file stops start-up with one clear line, before binding
             AccountStore(config.accounts.file).load()
         configure_logging(config.server.log_level)
-        if command == "serve":
+        if command == "serve" and config.server.workers > 1:
+            from gateway.workers import check_workers
+
+            check_workers(config)
+            trio.run(_serve_workers, config, _worker_args(args, config))
+        elif command == "serve":
             trio.run(_serve, config)
         else:
             trio.run(_demo, _demo_usage(config))
@@ -217,11 +232,37 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 async def _serve(config: Config) -> None:
     from gateway.app import create_app
+    from gateway.workers import watch_parent
 
     app = create_app(config)
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(_serve_until_signalled, app, config, nursery.cancel_scope)
+
+        async def serve(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+            await _serve_until_signalled(app, config, nursery.cancel_scope,
+                                         task_status=task_status)
+            nursery.cancel_scope.cancel()  # served and drained: the parent watch ends too
+
+        url = await nursery.start(serve)
         print(f"gateway listening on {url}", flush=True)
+        nursery.start_soon(watch_parent)  # a worker of `serve --workers`: not past its parent
+
+
+async def _serve_workers(config: Config, child_args: list[str]) -> None:
+    from gateway.workers import serve_workers
+
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_workers, config, child_args)
+        print(f"gateway listening on {url} ({config.server.workers} workers)", flush=True)
+
+
+def _worker_args(args: argparse.Namespace, config: Config) -> list[str]:
+    """The command line of one worker: `serve` with this one's config and flags."""
+    child = ["serve", "--host", config.server.host]
+    if args.config:
+        child[1:1] = ["--config", args.config]
+    if args.insecure_no_auth:
+        child.append("--insecure-no-auth")
+    return child
 
 
 async def _serve_until_signalled(

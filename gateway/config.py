@@ -75,6 +75,9 @@ class ServerConfig:
     # Idle SSE streams get a keep-alive (Anthropic `ping`, OpenAI SSE comment) this often.
     keepalive_seconds: float = 15.0
     log_level: str = "info"
+    # Gateway processes serving this one address (`gateway serve --workers N`), to use
+    # every core; more than 1 needs state.redis_url, through which they share the pool.
+    workers: int = 1
 
 
 @attrs.frozen(slots=True)
@@ -258,6 +261,7 @@ _SHORT_ENV = {
 
 _POSITIVE = {
     "server.port",
+    "server.workers",
     "server.max_body_bytes",
     "server.keepalive_seconds",
     "server.body_timeout_seconds",

@@ -11,14 +11,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.utils import repr_socket_addr
 
 from gateway.config import Config, ConfigError
 from gateway.edge import connection_limit, install_h2_stream_errors, raise_fd_limit, serve
+from gateway.workers import inherited_bind
 
 
 def is_loopback(host: str) -> bool:
@@ -52,7 +55,7 @@ def hypercorn_config(config: Config) -> HyperConfig:
     host = config.server.host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    hyper.bind = [f"{host}:{config.server.port}"]
+    hyper.bind = inherited_bind() or [f"{host}:{config.server.port}"]
     hyper.graceful_timeout = config.server.shutdown_grace_seconds
     hyper.accesslog = None  # the gateway writes its own structured line per request
     hyper.errorlog = logging.getLogger("hypercorn.error")
@@ -62,6 +65,11 @@ def hypercorn_config(config: Config) -> HyperConfig:
     hyper.h2_max_concurrent_streams = 256
     hyper.backlog = 2048  # bursts of new connections must not be refused (default 100)
     return hyper
+
+
+def url_of(sock: socket.socket) -> str:
+    """The base URL of a bound socket."""
+    return f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
 
 
 async def serve_gateway(

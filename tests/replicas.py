@@ -197,7 +197,7 @@ def start_replica(name: str, config: Path, home: Path,
         for line in stdout:
             lines.append(line)
             if "gateway listening on " in line and not found:
-                found.append(line.split("gateway listening on ", 1)[1].strip())
+                found.append(line.split("gateway listening on ", 1)[1].split()[0])
                 ready.set()
         ready.set()
 

@@ -9,6 +9,10 @@ it returns; a replica killed with -9 holds no lease past its TTL.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -345,3 +349,64 @@ async def test_thought_signatures_and_stored_responses_reach_every_replica(
     assert "my name is Ada" in str(sent[-1]["request"]["contents"])
     got = await trio.to_thread.run_sync(partial(b.get, f"/v1/responses/{response_id}"))
     assert got.status_code == 200 and got.json()["id"] == response_id
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _replica_ids(replica: Replica, connections: int = 30) -> set[str]:
+    # a fresh connection each time: whichever worker accepts it answers
+    return {str(replica.health()["replica"]) for _ in range(connections)}
+
+
+async def test_serve_workers_share_one_socket_and_the_pool(
+    emulator: RunningEmulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    accounts = tmp_path / "accounts.json"
+    await write_demo_accounts(str(accounts))
+    config = tmp_path / "workers.toml"
+    replica_config(config, emulator=emulator.url, accounts=accounts, redis=redis_server.url)
+    server = await trio.to_thread.run_sync(partial(
+        start_replica, "W", config, tmp_path, ("--workers", "2")))
+    try:
+        await until(lambda: len(_replica_ids(server)) == 2, "both workers answer")
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2
+        # a 429 one worker sees cools the account for the other
+        emulator.state.add_fault(Fault("rate_limit", account=DEMO1, times=1, reset_seconds=120))
+        assert (await ask_async(server, "to whichever worker")).status_code == 200
+        await until(lambda: all(cooling(server, DEMO1) > 100 for _ in range(10)),
+                    "every worker sees demo1 cooling")
+        # a worker that dies is started again
+        before = await trio.to_thread.run_sync(_replica_ids, server)
+        os.kill(workers[0], signal.SIGKILL)
+        await until(lambda: len(_children(server.proc.pid)) == 2
+                    and _replica_ids(server) - before, "the worker restarted", seconds=20)
+        assert any("worker 0 exited" in line or "worker 1 exited" in line
+                   for line in server.lines)
+    finally:
+        await trio.to_thread.run_sync(server.stop)
+    assert server.proc.returncode == 0
+    assert not _children(server.proc.pid)
+
+
+def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "no-redis.toml"
+    config.write_text('[server]\nworkers = 2\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), "serve"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
+    )
+    assert done.returncode == 2
+    assert "needs state.redis_url" in done.stderr and "Traceback" not in done.stderr
