@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                        "one total (default day,model)")
     usage.add_argument("--demo", action="store_true",
                        help="read the history `gateway demo` keeps (demo-usage.sqlite)")
+    usage.add_argument("--file", action="append", default=None, metavar="PATH",
+                       help="read this usage file instead; repeat it to sum several "
+                       "(replicas on several hosts, each with its own)")
     usage.add_argument("--json", action="store_true", help="print JSON (as GET /usage) "
                        "instead of a table")
     return parser
@@ -459,7 +462,9 @@ def _usage(args: argparse.Namespace, config: Config) -> int:
     from gateway import errors
     from gateway.state import usage as history
 
-    path = history.usage_path(_demo_usage(config) if args.demo else config)
+    paths = [Path(p).expanduser() for p in args.file] if args.file else [
+        history.usage_path(_demo_usage(config) if args.demo else config)]
+    path = paths[0]
     now = time.time()
     try:
         until = now if args.until is None else history.parse_time(args.until, now=now,
@@ -471,13 +476,16 @@ def _usage(args: argparse.Namespace, config: Config) -> int:
         print(f"gateway: {exc.message.replace('group_by', '--group-by')}", file=sys.stderr)
         return 2
     try:
-        db = history.open_for_reading(path)
-    except FileNotFoundError:
-        print(f"gateway: no usage history at {path} yet (the gateway makes it when it starts; "
-              "usage.file says where)", file=sys.stderr)
+        db = history.open_for_reading(path) if len(paths) == 1 else (
+            history.merged_for_reading(paths))
+    except FileNotFoundError as exc:
+        missing = exc.args[0] if exc.args else path
+        print(f"gateway: no usage history at {missing} yet (the gateway makes it when it "
+              "starts; usage.file says where)", file=sys.stderr)
         return 1
     except (OSError, sqlite3.Error, history.UsageSchemaError) as exc:
-        print(f"gateway: cannot read the usage history {path}: {exc}", file=sys.stderr)
+        where = ", ".join(str(p) for p in paths)
+        print(f"gateway: cannot read the usage history {where}: {exc}", file=sys.stderr)
         return 1
     try:
         report = history.query_usage(db, since, until, groups)

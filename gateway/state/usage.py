@@ -36,7 +36,7 @@ from gateway.state.requests import RequestRecord
 
 __all__ = [
     "CHAT_FACES", "GROUPS", "SCHEMA_VERSION", "UsageCounts", "UsageHistory", "UsageSchemaError",
-    "counts_as_usage", "open_database", "open_for_reading", "parse_group_by", "parse_time",
+    "counts_as_usage", "merged_for_reading", "open_database", "open_for_reading", "parse_group_by", "parse_time",
     "query_usage", "usage_path",
 ]
 
@@ -388,6 +388,30 @@ def open_for_reading(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def merged_for_reading(paths: Sequence[Path]) -> sqlite3.Connection:
+    """One history summed from several files (replicas on several hosts, each writing its
+    own), in memory, for `query_usage`; errors as `open_for_reading`'s, for the first file
+    that has one."""
+    merged = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        migrate(merged)
+        for path in paths:
+            source = open_for_reading(path)
+            try:
+                rows = source.execute(
+                    f"SELECT hour, account, model, key_label, {', '.join(_COUNTS)} FROM usage"
+                ).fetchall()
+            finally:
+                source.close()
+            merged.execute("BEGIN")
+            merged.executemany(_UPSERT, rows)
+            merged.execute("COMMIT")
+    except BaseException:
+        merged.close()
+        raise
+    return merged
 
 
 def query_usage(

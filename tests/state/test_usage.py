@@ -3,6 +3,7 @@ version, what a crash loses, and the checks on what callers ask for."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -374,3 +375,45 @@ def test_config_section_and_the_default_file(tmp_path: Path) -> None:
         load_config(toml, environ={})
     with pytest.raises(ConfigError, match="GATEWAY_USAGE_FLUSH_SECONDS"):
         load_config(environ={"GATEWAY_USAGE_FLUSH_SECONDS": "soon"})
+
+
+def test_several_replicas_files_are_summed(tmp_path: Path) -> None:
+    """Replicas on several hosts each keep their own file; `gateway usage --file a --file b`
+    (and `merged_for_reading`) add them up, row by row."""
+    counts = usage_module.UsageCounts
+    batches = {
+        "a": {(T0, "acct", "m", "-"): counts(2, 1, 10, 5, 0, 0),
+              (T0 + DAY, "acct", "m", "-"): counts(1, 0, 1, 1, 0, 0)},
+        "b": {(T0, "acct", "m", "-"): counts(3, 0, 20, 7, 4, 1)},
+    }
+    paths = []
+    for name, batch in batches.items():
+        path = tmp_path / f"usage-{name}.sqlite"
+        db = open_database(path)
+        try:
+            usage_module.write_batch(db, batch, 0)
+        finally:
+            db.close()
+        paths.append(path)
+    merged = usage_module.merged_for_reading(paths)
+    try:
+        report = query_usage(merged, T0 - DAY, T0 + 5 * DAY, ("day",))
+    finally:
+        merged.close()
+    first = report["rows"][0]
+    assert (first["requests"], first["errors"], first["input_tokens"],
+            first["output_tokens"], first["cached_tokens"]) == (5, 1, 30, 12, 4)
+    assert report["totals"]["requests"] == 6
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "usage", "--file", str(paths[0]), "--file",
+         str(paths[1]), "--since", str(T0 - DAY), "--until", str(T0 + 5 * DAY),
+         "--group-by", "none", "--json"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "XDG_CONFIG_HOME":
+                                                          str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["totals"]["requests"] == 6
+    missing = subprocess.run(
+        [sys.executable, "-m", "gateway", "usage", "--file", str(paths[0]), "--file",
+         str(tmp_path / "nope.sqlite")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "nope.sqlite" in missing.stderr
+    assert "Traceback" not in missing.stderr
