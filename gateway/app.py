@@ -179,8 +179,12 @@ async def prepare_shared_files(config: Config) -> None:
     await _sealing_key(config)
 
 
+def sealing_key_path(config: Config) -> Path:
+    return Path(config.responses.key_file or Path(config.accounts.file).parent / "responses.key")
+
+
 async def _sealing_key(config: Config) -> bytes:
-    path = Path(config.responses.key_file or Path(config.accounts.file).parent / "responses.key")
+    path = sealing_key_path(config)
     try:
         return await trio.to_thread.run_sync(load_or_create_secret, path)
     except ValueError as exc:

@@ -97,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument("--url", default=None, help="gateway base URL (default from config)")
     limits.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    sub.add_parser(
+        "secret", help="make the gateway's secret file now (replicas sharing a read-only "
+        "config directory need it made once)",
+        description="Make the secret that seals reasoning for Responses clients and signs "
+        "dashboard sessions (responses.key_file, default responses.key beside the accounts "
+        "file), if it is not there yet, and print where it is. Replicas must share one.",
+        parents=[config_option],
+    )
+
     usage = sub.add_parser(
         "usage", help="show the usage history (requests and tokens per hour, model, ...)",
         description="Requests and tokens from the usage history file (usage.file, default "
@@ -230,6 +239,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         return _limits(args, config)
     if command == "usage":
         return _usage(args, config)
+    if command == "secret":
+        return _secret(config)
     raise AssertionError(command)
 
 
@@ -451,6 +462,23 @@ def _limits(args: argparse.Namespace, config: Config) -> int:
         )
         return 1
     print(response.text.rstrip("\n"))
+    return 0
+
+
+def _secret(config: Config) -> int:
+    from gateway.app import sealing_key_path
+    from gateway.sealing import load_or_create_secret
+
+    path = sealing_key_path(config)
+    try:
+        load_or_create_secret(path)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'responses.key_file': {exc}") from None
+    except OSError as exc:
+        print(f"gateway: cannot make {path}: {exc.strerror or type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 
