@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
              "(default 20; quick 3)")
     add("--no-litellm", dest="litellm", action="store_false",
         help="skip the LiteLLM comparison even if LiteLLM is installed")
+    add("--workers", type=_list(str), default=("1", "2"), metavar="N,N,...",
+        help="compare `gateway serve --workers N` for these N (each with state in Redis); "
+             "'none' skips (default 1,2)")
     add("--log-level", default="warning",
         help="the gateway's log level (default warning: logging costs CPU)")
     add("--out", type=Path, default=REPO / "bench" / "results",
@@ -118,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
     add("--example", action="store_true",
         help="also write example.json and example.md (the committed example)")
     return parser
+
+
+def _workers(given: Sequence[str]) -> tuple[int, ...]:
+    if "none" in given:
+        return ()
+    try:
+        counts = tuple(dict.fromkeys(_positive_int(n) for n in given))
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise SystemExit(f"python -m bench: --workers: {exc}") from None
+    return counts
 
 
 def parse_args(argv: Sequence[str]) -> Settings:
@@ -145,6 +158,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         idle_http=tuple(dict.fromkeys(args.idle_http or args.http)),
         disconnect_trials=max(args.disconnect_trials, 0),
         litellm=args.litellm,
+        workers=_workers(args.workers),
         example=args.example,
         quick=args.quick,
         log_level=args.log_level,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,6 +60,28 @@ def rss_kib(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_KIB
 
 
+def children_of(pid: int) -> list[int]:
+    """The live child processes of `pid` (from /proc/*/stat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive_cpu(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:  # a worker that just exited
+        return 0.0
+
+
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -79,11 +102,18 @@ class Service:
     def pid(self) -> int:
         return self.process.pid
 
+    # a parent of workers (`serve --workers`): its CPU is its own and its children's
+    tree: bool = False
+
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        if not self.tree:
+            return cpu_seconds(self.pid)
+        return sum(_alive_cpu(pid) for pid in (self.pid, *children_of(self.pid)))
 
     def rss_kib(self) -> int:
-        return rss_kib(self.pid)
+        if not self.tree:
+            return rss_kib(self.pid)
+        return sum(rss_kib(pid) for pid in (self.pid, *children_of(self.pid)))
 
     def alive(self) -> bool:
         return self.process.returncode is None and self.process.poll() is None
@@ -163,10 +193,10 @@ def emulator_argv(port: int) -> list[str]:
     return [sys.executable, "-m", "gateway", "emulator", "--host", LOOPBACK, "--port", str(port)]
 
 
-def gateway_argv(config_path: Path, port: int) -> list[str]:
+def gateway_argv(config_path: Path, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable, "-m", "gateway", "--config", str(config_path), "serve",
-        "--port", str(port),
+        "--port", str(port), *(("--workers", str(workers)) if workers > 1 else ()),
     ]
 
 
@@ -192,7 +222,8 @@ def gateway_config_toml(sections: dict[str, dict[str, Any]]) -> str:
 
 
 async def write_gateway_config(
-    workdir: Path, emulator_url: str, port: int, *, keepalive_seconds: float, log_level: str
+    workdir: Path, emulator_url: str, port: int, *, keepalive_seconds: float, log_level: str,
+    redis_url: str = "",
 ) -> Path:
     # upstream.read_timeout_seconds is raised so that idle streams (an emulator holding
     # every chunk back) stay open for the whole idle probe
@@ -220,6 +251,7 @@ async def write_gateway_config(
                 "userinfo_url": f"{emulator_url}/oauth2/v1/userinfo",
             },
             "accounts": {"file": str(accounts)},
+            **({"state": {"redis_url": redis_url}} if redis_url else {}),
         }
     )
     path = workdir / f"gateway-{port}.toml"
@@ -245,14 +277,46 @@ async def running_gateway(
     keepalive_seconds: float = 15.0,
     log_level: str = "warning",
     name: str = "gateway",
+    redis_url: str = "",
+    workers: int = 1,
 ) -> AsyncIterator[Service]:
     port = free_port()
     config = await write_gateway_config(
-        workdir, emulator_url, port, keepalive_seconds=keepalive_seconds, log_level=log_level
+        workdir, emulator_url, port, keepalive_seconds=keepalive_seconds, log_level=log_level,
+        redis_url=redis_url,
     )
     url = f"http://{LOOPBACK}:{port}"
-    async with running(name, gateway_argv(config, port), url, workdir) as service:
+    async with running(name, gateway_argv(config, port, workers), url, workdir) as service:
+        service.tree = workers > 1
         yield service
+
+
+@asynccontextmanager
+async def running_redis(workdir: Path) -> AsyncIterator[Service]:
+    """Debian's redis-server on a free loopback port, without persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StartError("redis-server is not installed")
+    port = free_port()
+    log_path = workdir / "redis.log"
+    with log_path.open("ab") as log:
+        process = await trio.lowlevel.open_process(
+            [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly",
+             "no", "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with trio.move_on_after(10):
+                while True:
+                    try:
+                        stream = await trio.open_tcp_stream(LOOPBACK, port)
+                    except OSError:
+                        await trio.sleep(0.05)
+                        continue
+                    await stream.aclose()
+                    break
+            yield Service("redis", f"redis://{LOOPBACK}:{port}/0", process, log_path)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stop(process)
 
 
 def litellm_argv(config_path: Path, port: int) -> list[str]:

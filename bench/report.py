@@ -254,7 +254,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 ABSOLUTE_LEGEND = (
     "conc = requests in flight; kind = stream (SSE) or unary; face = baseline (the same "
     "client straight to the emulator), anthropic (gateway /v1/messages), openai (gateway "
-    "/v1/chat/completions), litellm (LiteLLM proxy in front of the gateway's OpenAI face); "
+    "/v1/chat/completions), litellm (LiteLLM proxy in front of the gateway's OpenAI face), "
+    "workers-N (the Anthropic face of `gateway serve --workers N`, sharing state through "
+    "Redis; its CPU is all its processes'); "
     "TTFB/TTLB = time from sending the request to the first/last body byte; chunks/core-s = "
     "SSE data events the client received per proxy CPU-second (in brackets: upstream chunks "
     "relayed per proxy CPU-second); cores = CPU-seconds per wall-second of each process."
@@ -332,6 +334,10 @@ def render_markdown(result: dict[str, Any], rows: Sequence[LoadRow]) -> str:
     litellm = result.get("litellm") or {}
     if litellm.get("note"):
         parts += ["## LiteLLM", "", str(litellm["note"]), ""]
+    workers = result.get("workers") or {}
+    if workers.get("note"):
+        parts += ["## Workers (1 vs N processes, shared state in Redis)", "",
+                  str(workers["note"]), ""]
     if meta["notes"]:
         parts += ["## Notes", "", *(f"- {n}" for n in meta["notes"]), ""]
     return "\n".join(parts)

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +30,14 @@ import trio
 
 from bench.loadgen import Http, client_set, run_load
 from bench.probes import DisconnectResult, IdleResult, disconnect_latency, idle_streams
-from bench.procs import Service, running_emulator, running_gateway, running_litellm
+from bench.procs import (
+    Service,
+    StartError,
+    running_emulator,
+    running_gateway,
+    running_litellm,
+    running_redis,
+)
 from bench.report import LoadRow, compare, load_row
 from bench.workload import (
     StreamShape,
@@ -69,6 +77,8 @@ class Settings:
     idle_http: tuple[Http, ...] = ("1.1", "h2c")
     disconnect_trials: int = 20
     litellm: bool = True
+    # `serve --workers N` runs compared (each with state in Redis); () skips the phase
+    workers: tuple[int, ...] = (1, 2)
     example: bool = False
     quick: bool = False
     log_level: str = "warning"
@@ -276,6 +286,68 @@ async def litellm_phase(
     return rows, {"status": "measured", "note": note}
 
 
+async def workers_phase(
+    rig: Rig, settings: Settings, workdir: Path
+) -> tuple[list[LoadRow], dict[str, Any]]:
+    """Streams through `gateway serve --workers N` for each N asked, all sharing one Redis
+    (so 1 worker pays what N do for shared state): what more processes buy on this machine."""
+    if not settings.workers:
+        return [], {"status": "off", "note": "workers comparison turned off (--workers none)."}
+    if not settings.faces:
+        return [], {"status": "skipped", "note": "workers comparison needs a gateway face."}
+    if shutil.which("redis-server") is None:
+        note = ("redis-server is not installed, so the workers comparison was skipped "
+                "(Debian: apt-get install redis-server; .ci/run installs it).")
+        return [], {"status": "skipped", "note": note}
+    rows: list[LoadRow] = []
+    shape = StreamShape(settings.chunk_delay, settings.chunks, settings.chunk_chars)
+    await configure_emulator(rig.emulator.url, shape)
+    try:
+        async with running_redis(workdir) as redis:
+            for count in settings.workers:
+                async with running_gateway(
+                    workdir, rig.emulator.url, log_level=settings.log_level,
+                    name=f"gateway-{count}w", redis_url=redis.url, workers=count,
+                ) as gateway:
+                    await _workers_ready(gateway.url, count)
+                    target = attrs.evolve(
+                        anthropic_target(gateway.url, settings.model, stream=True),
+                        face=f"workers-{count}")
+                    for level in settings.levels:
+                        rows.append(await measure(rig, gateway, target, settings, http="1.1",
+                                                  level=level))
+                        _check_alive(rig, rig.emulator, gateway, redis)
+                    rig.notes.extend(_log_notes(gateway))
+    except StartError as exc:
+        return rows, {"status": "failed", "note": f"the workers comparison failed: {exc}"[:2000]}
+    cores = len(os.sched_getaffinity(0))
+    note = (
+        f"Streams (HTTP/1.1, Anthropic face) through `gateway serve --workers N` for N in "
+        f"{', '.join(map(str, settings.workers))}, every run with state.redis_url set (one "
+        f"redis-server), on {cores} usable cores shared with the emulator and the load "
+        "generator; rows workers-N, compared with the same baseline. CPU is the sum over the "
+        "parent and its workers."
+    )
+    return rows, {"status": "measured", "note": note}
+
+
+async def _workers_ready(url: str, count: int) -> None:
+    """Until each of `count` workers has answered /health (a fresh connection each time,
+    which any worker may accept) on shared state: a worker still starting would burn its
+    start-up CPU inside the first measurement."""
+    seen: set[str] = set()
+    with trio.move_on_after(60):
+        while len(seen) < count:
+            async with httpx.AsyncClient(timeout=5) as client:
+                health = (await client.get(url + "/health")).json()
+            if health.get("state") == "redis" and health.get("activeAccounts"):
+                seen.add(str(health.get("replica")))
+            await trio.sleep(0.05)
+        await trio.sleep(1.0)  # their first quota probes and lease rounds
+        return
+    raise StartError(f"only {len(seen)} of {count} workers answered within 60 s")
+
+
 async def disconnect_phase(rig: Rig, settings: Settings) -> list[DisconnectResult]:
     if settings.disconnect_trials <= 0:
         return []
@@ -430,6 +502,8 @@ async def run_bench(
         rows = await load_phase(rig, settings)
         litellm_rows, litellm = await litellm_phase(rig, settings, workdir)
         rows += litellm_rows
+        workers_rows, workers = await workers_phase(rig, settings, workdir)
+        rows += workers_rows
         disconnect = await disconnect_phase(rig, settings)
         idle = await idle_phase(rig, settings)
         processes = {
@@ -442,6 +516,8 @@ async def run_bench(
     notes += _row_notes(rows) + log_notes
     if litellm.get("status") != "measured":
         notes.append(str(litellm["note"]))
+    if workers.get("status") not in ("measured", "off"):
+        notes.append(str(workers["note"]))
     result = {
         "meta": {
             "started_at": started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -458,5 +534,6 @@ async def run_bench(
         "idle": [i.to_json() for i in idle],
         "disconnect": [d.to_json() for d in disconnect],
         "litellm": litellm,
+        "workers": workers,
     }
     return result, rows

@@ -12,14 +12,15 @@ counter, which the disconnect and idle-stream probes rely on.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import httpx
 
 from gateway.config import UpstreamConfig
 
-Face = Literal["baseline", "anthropic", "openai", "litellm"]
+# "workers-N": the gateway's Anthropic face served by `serve --workers N` sharing Redis
+Face = str
 PROMPT = "Benchmark: reply with the configured text."
 MAX_TOKENS = 1024
 

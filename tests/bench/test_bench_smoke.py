@@ -31,7 +31,7 @@ def test_bench_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     (md_path,) = tmp_path.glob("*.md")
     assert json_path.stem == md_path.stem
     result = json.loads(json_path.read_text())
-    assert set(result) == {"meta", "load", "idle", "disconnect", "litellm"}
+    assert set(result) == {"meta", "load", "idle", "disconnect", "litellm", "workers"}
     assert {"started_at", "host", "settings", "notes", "command"} <= set(result["meta"])
     assert {"cpus", "python", "platform"} <= set(result["meta"]["host"])
 
@@ -58,8 +58,12 @@ def test_bench_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert ("h2c", "reset", "baseline") in drops and ("1.1", "close", "baseline") in drops
     assert all(d["measured"] == d["tries"] == 2 for d in result["disconnect"])
     assert result["litellm"]["status"] == "off"
+    # 1 and 2 workers on shared state (redis-server is installed where the suite runs)
+    assert result["workers"]["status"] == "measured", result["workers"]
+    for workers in ("workers-1", "workers-2"):
+        assert ("1.1", True, 2, workers) in faces
 
     markdown = md_path.read_text()
     for heading in ("## Load: absolute figures", "## Load: against the baseline",
-                    "## Idle streams", "## Client disconnect"):
+                    "## Idle streams", "## Client disconnect", "## Workers"):
         assert heading in markdown
