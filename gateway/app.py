@@ -58,7 +58,7 @@ from gateway.state.responses import MemoryResponseStore, ResponseStore
 from gateway.state.shared import StateStore, open_state_store
 from gateway.state.usage import UsageHistory, usage_path
 from gateway.translate.models import FALLBACK, Catalogue, ModelInfo
-from gateway.upstream.client import CloudCodeClient, make_http_client
+from gateway.upstream.client import CloudCodeClient, make_http_client, make_transport
 from gateway.upstream.dispatch import Dispatcher
 
 log = logging.getLogger("gateway")
@@ -118,7 +118,7 @@ async def build_services(
             len(accounts), store.path,
         )
     http = make_http_client(config.upstream)
-    client = CloudCodeClient(http, config.upstream)
+    client = CloudCodeClient(http, config.upstream, make_transport(config.upstream))
     pool = AccountPool(accounts, selection=config.accounts.selection, clock=clock)
     metrics = Metrics()
     responses = config.responses
@@ -619,6 +619,7 @@ def create_app(
     supervisor_scope = trio.CancelScope()
     usage_scope = trio.CancelScope()
     state_scope = trio.CancelScope()
+    transport_scope = trio.CancelScope()
 
     @app.before_serving
     async def start() -> None:
@@ -631,6 +632,13 @@ def create_app(
 
         # first: the supervisor's first probes may find another replica's answers there
         await app.nursery.start(run_state)
+        transport = services.client.transport
+        if transport is not None:
+            async def run_transport(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                with transport_scope:  # cancelled last: it closes the upstream connections
+                    await transport.run(task_status=task_status)
+
+            await app.nursery.start(run_transport)
 
         async def run_supervisor(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with supervisor_scope:
@@ -650,6 +658,7 @@ def create_app(
         supervisor_scope.cancel()
         usage_scope.cancel()
         state_scope.cancel()
+        transport_scope.cancel()
         services: Services | None = app.extensions.get("gateway")
         if services is not None:
             with trio.CancelScope(shield=True):

@@ -24,7 +24,9 @@ from gateway.emulator.state import EmulatorState
 __all__ = ["main_emulator", "serve_emulator"]
 
 
-def _hypercorn_config(host: str, port: int, tls: tuple[str, str] | None = None) -> HyperConfig:
+def _hypercorn_config(
+    host: str, port: int, tls: tuple[str, str] | None = None, max_streams: int = 10_000
+) -> HyperConfig:
     config = HyperConfig()
     if tls is not None:  # HTTP/2 by ALPN, as the real upstream offers it, or HTTP/1.1
         config.certfile, config.keyfile = tls
@@ -36,7 +38,7 @@ def _hypercorn_config(host: str, port: int, tls: tuple[str, str] | None = None) 
     config.keep_alive_timeout = 75
     config.graceful_timeout = 1.0
     config.backlog = 4096
-    config.h2_max_concurrent_streams = 10_000
+    config.h2_max_concurrent_streams = max_streams
     return config
 
 
@@ -46,10 +48,13 @@ async def serve_emulator(
     host: str = "127.0.0.1",
     port: int = 0,
     tls: tuple[str, str] | None = None,
+    max_streams: int = 10_000,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `state` until cancelled; reports "http://HOST:PORT" once listening (https with
-    `tls`, a (certificate file, key file) pair: tests and the bench make them with trustme)."""
+    `tls`, a (certificate file, key file) pair: tests and the bench make them with trustme).
+    `max_streams` is the HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS it announces (Google's
+    front ends announce 100)."""
 
     class _FirstBind:
         # hypercorn reports every bind; callers want the one base URL
@@ -58,7 +63,7 @@ async def serve_emulator(
 
     await serve(
         create_emulator_app(state),  # type: ignore[arg-type]
-        _hypercorn_config(host, port, tls),
+        _hypercorn_config(host, port, tls, max_streams),
         task_status=_FirstBind(),  # type: ignore[arg-type]
         mode="asgi",
     )

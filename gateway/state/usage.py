@@ -36,8 +36,8 @@ from gateway.state.requests import RequestRecord
 
 __all__ = [
     "CHAT_FACES", "GROUPS", "SCHEMA_VERSION", "UsageCounts", "UsageHistory", "UsageSchemaError",
-    "counts_as_usage", "merged_for_reading", "open_database", "open_for_reading", "parse_group_by", "parse_time",
-    "query_usage", "usage_path",
+    "counts_as_usage", "merged_for_reading", "open_database", "open_for_reading",
+    "parse_group_by", "parse_time", "query_usage", "usage_path",
 ]
 
 log = logging.getLogger("gateway")

@@ -19,6 +19,7 @@ import trio
 
 from gateway.config import UpstreamConfig
 from gateway.upstream.sse import SSEParser
+from gateway.upstream.transport import Response, Transport, TransportError, TransportTimeout
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -71,7 +72,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         per_shard = max(1, keepalive // shards)
         # one context: building each loads the CA bundle (~30 ms)
         tls = ssl.create_default_context(cafile=ca_file) if ca_file else (
-            httpx.create_ssl_context())
+            httpx.create_ssl_context())  # (as upstream_ssl_context: one per transport)
         self._shards = [
             httpx.AsyncHTTPTransport(
                 verify=tls,
@@ -132,6 +133,20 @@ def _transport_failure(exc: httpx.TransportError) -> str:
     return type(exc).__name__
 
 
+def upstream_ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=config.ca_file) if config.ca_file else (
+        httpx.create_ssl_context())
+
+
+def make_transport(config: UpstreamConfig) -> Transport:
+    """The generation calls' transport (HTTP/2 where offered); it serves once `run`."""
+    return Transport(
+        ssl_context=upstream_ssl_context(config),
+        connect_timeout=config.connect_timeout_seconds,
+        read_timeout=config.read_timeout_seconds,
+    )
+
+
 def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:
     timeout = httpx.Timeout(
         connect=config.connect_timeout_seconds,
@@ -149,9 +164,14 @@ def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:
 class CloudCodeClient:
     """Calls to `v1internal` methods on a given base URL with a given access token."""
 
-    def __init__(self, http: httpx.AsyncClient, config: UpstreamConfig) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, config: UpstreamConfig, transport: Transport | None = None
+    ) -> None:
         self.http = http
         self.config = config
+        # generation streams go through it while it runs (the app's lifespan runs it);
+        # through httpx otherwise (a client built without a lifespan, in tests)
+        self.transport = transport
 
     def _headers(
         self, access_token: str, *, method: str = "", stream: bool = False, model: str = ""
@@ -219,11 +239,31 @@ class CloudCodeClient:
         upstream connection at once.
         """
         url = f"{base_url}/v1internal:streamGenerateContent?alt=sse"
+        headers = self._headers(access_token, stream=True, model=model)
+        transport = self.transport
+        if transport is not None and transport.running:
+            try:
+                answer = await transport.request("POST", url, list(headers.items()), body)
+            except TransportTimeout:
+                raise UpstreamHTTPError(0, "timeout", base_url=base_url) from None
+            except TransportError as exc:
+                raise UpstreamHTTPError(0, _failure_text(exc), base_url=base_url) from None
+            try:
+                if answer.status // 100 != 2:
+                    error_body = await answer.read(_MAX_ERROR_BODY)
+                    raise UpstreamHTTPError(answer.status,
+                                            error_body.decode("utf-8", "replace"),
+                                            dict(answer.headers), base_url)
+                yield _transport_payloads(answer, base_url)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await answer.aclose()
+            return
         request = self.http.build_request(
             "POST",
             url,
             content=body,
-            headers=self._headers(access_token, stream=True, model=model),
+            headers=headers,
         )
         try:
             response = await self.http.send(request, stream=True)
@@ -270,6 +310,32 @@ async def _payloads(response: httpx.Response, base_url: str) -> AsyncIterator[di
     except httpx.TransportError as exc:
         broken = f"stream broken: {type(exc).__name__}"
         raise UpstreamHTTPError(0, broken, base_url=base_url) from None
+    for event in parser.close():
+        payload = _decode(event.data, base_url)
+        if payload is not None:
+            yield payload
+
+
+def _failure_text(exc: TransportError) -> str:
+    text = str(exc)
+    if "not trusted" in text:
+        return ("ConnectError: its TLS certificate is not trusted (upstream.ca_file names "
+                "the CA of a proxy or test upstream)")
+    return text
+
+
+async def _transport_payloads(response: Response, base_url: str) -> AsyncIterator[dict[str, Any]]:
+    parser = SSEParser()
+    try:
+        async for chunk in response.chunks():
+            for event in parser.feed(chunk):
+                payload = _decode(event.data, base_url)
+                if payload is not None:
+                    yield payload
+    except TransportTimeout:
+        raise UpstreamHTTPError(0, "stream stalled", base_url=base_url) from None
+    except TransportError as exc:
+        raise UpstreamHTTPError(0, _failure_text(exc), base_url=base_url) from None
     for event in parser.close():
         payload = _decode(event.data, base_url)
         if payload is not None:
