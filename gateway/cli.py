@@ -219,10 +219,17 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             AccountStore(config.accounts.file).load()
         configure_logging(config.server.log_level)
         if command == "serve" and config.server.workers > 1:
-            from gateway.workers import check_workers
+            from gateway.workers import WorkersFailed, check_workers
 
             check_workers(config)
-            trio.run(_serve_workers, config, _worker_args(args, config))
+            failed: list[BaseException] = []
+            try:
+                trio.run(_serve_workers, config, _worker_args(args, config))
+            except* WorkersFailed as group:
+                failed.extend(group.exceptions)
+            if failed:
+                print(f"gateway: {failed[0]}", file=sys.stderr)
+                return 1
         elif command == "serve":
             trio.run(_serve, config)
         else:

@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -384,6 +385,26 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__} (value not shown)"
 
 
+def _redis_url_problem(url: str) -> str:
+    """What is wrong with a Redis URL, in words that never quote it (it may hold a
+    password); empty when it is usable."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "must start with redis://, rediss:// or unix://"
+    if parts.scheme == "unix":
+        return "" if parts.path else "a unix:// URL needs the socket's path"
+    try:
+        parts.port  # noqa: B018 - it raises for a port that is not a number
+    except ValueError:
+        return "its port is not a number from 1 to 65535"
+    if not parts.hostname:
+        return "it names no host"
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        return "its database (the path) must be a number, like /0"
+    return ""
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -455,7 +476,8 @@ def load_config(
             raise ConfigError(f"config key 'upstream.ca_file': {ca_file} cannot be used as CA "
                               f"certificates ({reason})") from None
     redis_url = values["state"].get("redis_url", "")
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("config key 'state.redis_url': must start with redis://, rediss:// "
-                          "or unix:// (value not shown)")
+    if redis_url:
+        problem = _redis_url_problem(redis_url)
+        if problem:
+            raise ConfigError(f"config key 'state.redis_url': {problem} (value not shown)")
     return Config(**{s: _SECTIONS[s](**v) for s, v in values.items()})

@@ -27,7 +27,10 @@ import trio
 
 from gateway.config import Config, ConfigError
 
-__all__ = ["LISTEN_FD_ENV", "PARENT_ENV", "check_workers", "serve_workers", "watch_parent"]
+__all__ = [
+    "LISTEN_FD_ENV", "PARENT_ENV", "WorkersFailed", "check_workers", "serve_workers",
+    "watch_parent",
+]
 
 log = logging.getLogger("gateway")
 
@@ -37,6 +40,8 @@ PARENT_ENV = "GATEWAY_PARENT_PID"
 MAX_RESTART_BACKOFF_SECONDS = 30.0
 # A child that lived this long before dying is restarted without waiting.
 HEALTHY_RUN_SECONDS = 60.0
+# A worker dying this many times in a row, each soon after it started, stops the gateway.
+MAX_QUICK_FAILURES = 5
 
 
 def check_workers(config: Config) -> None:
@@ -76,6 +81,7 @@ async def serve_workers(
     url = url_of(sock)
     children: dict[int, trio.Process] = {}
     stopping = trio.Event()
+    gave_up = trio.Event()
     env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno()), PARENT_ENV: str(os.getpid()),
            "GATEWAY_SERVER_WORKERS": "1"}
     command = [sys.executable, "-m", "gateway", *child_args]
@@ -93,6 +99,14 @@ async def serve_workers(
             if stopping.is_set():
                 return
             failures = 0 if trio.current_time() - started > HEALTHY_RUN_SECONDS else failures + 1
+            if failures >= MAX_QUICK_FAILURES:
+                # a worker that cannot stay up (a broken config, say) will not: stop serving,
+                # so a load balancer's checks fail instead of connections hanging
+                log.error("worker %d exited with status %s %d times in a row, each within "
+                          "%.0fs of starting; stopping the gateway", index, code, failures,
+                          HEALTHY_RUN_SECONDS)
+                gave_up.set()
+                return
             wait = min(MAX_RESTART_BACKOFF_SECONDS, 0.5 * 2 ** max(0, failures - 1))
             log.error("worker %d exited with status %s; starting it again in %.1fs",
                       index, code, wait)
@@ -113,9 +127,18 @@ async def serve_workers(
                     if process.returncode is None:
                         process.send_signal(signal.SIGTERM)
 
+    async def give_up() -> None:
+        await gave_up.wait()
+        stopping.set()
+        sock.close()
+        for process in children.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+
     try:
         async with trio.open_nursery() as outer:
             outer.start_soon(forward_signals)
+            outer.start_soon(give_up)
             async with trio.open_nursery() as workers:
                 for index in range(config.server.workers):
                     workers.start_soon(keep_running, index)
@@ -126,6 +149,12 @@ async def serve_workers(
         for process in children.values():
             if process.returncode is None:
                 process.kill()
+    if gave_up.is_set():
+        raise WorkersFailed("the workers kept exiting soon after starting (see above)")
+
+
+class WorkersFailed(Exception):
+    """`serve --workers` stopped because its workers could not stay up."""
 
 
 def inherited_bind() -> list[str] | None:

@@ -146,7 +146,7 @@ class Replica:
 
 
 def replica_config(path: Path, *, emulator: str, accounts: Path, redis: str,
-                   extra: str = "") -> None:
+                   extra: str = "", lease_seconds: float = 1.5) -> None:
     from gateway.emulator import EMULATOR_CLIENT_ID, EMULATOR_CLIENT_SECRET
 
     path.write_text(f"""
@@ -172,7 +172,7 @@ file = "{accounts}"
 [state]
 redis_url = "{redis}"
 retry_seconds = 0.3
-lease_seconds = 1.5
+lease_seconds = {lease_seconds}
 {extra}
 """)
 

@@ -120,6 +120,10 @@ class MemoryResponseStore:
             items.extend(stored.output_items)
         return items
 
+    def forget(self, response_id: str) -> bool:
+        """Drop a response (deleted on another replica): `delete` without the await."""
+        return self._drop(response_id)
+
     def _drop(self, response_id: str) -> bool:
         stored = self._entries.pop(response_id, None)
         if stored is None:

@@ -16,12 +16,18 @@ state as the working copy and mirrors it through Redis:
 - access and refresh tokens never leave the process: an invalid grant travels as a mark
   naming the grant by digest, so a re-added account is not marked by an old grant's news.
 
-Redis is never on a request's critical path for writes (they go through a bounded outbox
-drained by a writer task), and a read waits at most `state.timeout_ms`. When a call fails or
-times out, or the subscription drops, the replica serves on its local state ("local-fallback"
-in /health and metrics), logs once, and reconnects every `state.retry_seconds`; once back it
-resyncs: it pushes what it learned meanwhile (cooldowns, marks, sessions) and pulls what the
-others stored. Every key is under `state.key_prefix` and has a TTL.
+Redis is never on a request's critical path for writes: they go, in order, through a
+bounded outbox drained by a writer task, and a read waits at most `state.timeout_ms`. When
+a call fails or times out, or the subscription drops, the replica serves on its local state
+("local-fallback" in /health and metrics), logs it once (and every five minutes it lasts),
+keeps queueing what it learns, and reconnects every `state.retry_seconds`. Once back it
+resyncs, in this order: it subscribes; if Redis lost its data meanwhile (a restart: the
+`epoch` key is gone or new) it pushes its own state; it writes what it learned while away
+(a cleared cooldown or a revived account included, so they do not come back); then it reads
+the cooldowns and marks from Redis, which are the truth from then on (one this replica holds
+that Redis no longer has was cleared elsewhere). Times travel as remaining seconds, never as
+one replica's clock. Every key is under `state.key_prefix` and has a TTL; what is read from
+Redis or the channel is checked, and what does not parse is ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -71,6 +78,12 @@ MAX_OUTBOX = 10_000
 # An invalid mark outlives any token; the accounts file is its lasting record.
 INVALID_MARK_TTL_SECONDS = 7 * 24 * 3600.0
 MAX_SIGNATURES_PER_SESSION = 512
+OUTAGE_REMINDER_SECONDS = 300.0
+SLOW_READS_IN_A_ROW = 3
+# A cooldown longer than this is nobody's real news (a quota resets within a week).
+MAX_COOLDOWN_SECONDS = 7 * 24 * 3600.0
+# The key that tells a Redis that kept its data from one that restarted empty.
+_EPOCH_TTL_MS = 30 * 24 * 3600 * 1000
 
 
 class StateStore:
@@ -174,14 +187,19 @@ class RedisStateStore(StateStore):
         self._client: coredis.Redis[str] | None = None
         self._connected = False
         self._holds_lease = False
-        self._outage_logged = False
+        self._outage_logged_at: float | None = None  # None: not in an outage
+        self._outage_began = 0.0
+        self._slow_reads = 0
         # set when a request-path call failed or timed out: the connection is renewed
         self._broken = trio.Event()
         self._outbox: dict[str, _Write] = {}
         self._outbox_ready = trio.Event()
         self._handles: tuple[tuple[str, ...], dict[str, str]] = ((), {})
         self._probed_remotely: set[str] = set()  # accounts with another replica's answer
-        self.responses = RedisResponseStore(self, responses)
+        self._epoch: str | None = None  # the Redis data this replica last synced with
+        self.local_responses = responses
+        self.shared_responses = RedisResponseStore(self, responses)
+        self.responses = self.shared_responses
         self._report("local-fallback")  # until the first connection
 
     # -- the face --------------------------------------------------------------------------
@@ -194,43 +212,45 @@ class RedisStateStore(StateStore):
         return {"state": self.mode, "replica": self.replica, "probeLease": self._holds_lease}
 
     def changed(self, change: PoolChange) -> None:
-        if not self._connected:
-            return  # pushed with the rest of the local state once Redis is back
-        handle = account_handle(change.email) if change.email is not None else None
-        event: JSONDict
+        """The pool learned something: queue its key and its event (kept while Redis is
+        away, and written in order once it is back)."""
+        prefix = self.prefix
+        if isinstance(change, CooldownsCleared):
+            if change.email is None:
+                self._queue("clear:*", _Write("clear", f"{prefix}cd:*"))
+                self._publish({"kind": "cleared", "all": True})
+            else:
+                handle = account_handle(change.email)
+                self._queue(f"clear:{handle}", _Write("clear", f"{prefix}cd:{handle}:*"))
+                self._publish({"kind": "cleared", "account": handle})
+            return
+        handle = account_handle(change.email)
         if isinstance(change, Cooldown):
-            ttl = change.until - self._clock()
-            if ttl <= 0:
+            if not _usable_until(change.until, self._clock()):
                 return
-            key = f"{self.prefix}cd:{handle}:{change.model}"
-            self._queue(key, _Write("set", key, str(change.until), ttl))
-            event = {"kind": "cooldown", "account": handle, "model": change.model,
-                     "until": change.until}
-        elif isinstance(change, CooldownsCleared):
-            self._queue(f"clear:{handle}", _Write("clear", f"{self.prefix}cd:{handle or '*'}:*"))
-            event = {"kind": "cleared", "account": handle}
+            key = f"{prefix}cd:{handle}:{change.model}"
+            self._queue(key, _Write("set", key, "1", until=change.until))
+            self._publish({"kind": "cooldown", "account": handle, "model": change.model},
+                          until=change.until)
         elif isinstance(change, SessionAssigned):
-            key = f"{self.prefix}session:{_digest(change.session)}"
-            self._queue(key, _Write("set", key, handle or "", self.config.session_ttl_seconds))
-            event = {"kind": "session", "session": change.session, "account": handle}
+            key = f"{prefix}session:{_digest(change.session)}"
+            self._queue(key, _Write("set", key, handle, self.config.session_ttl_seconds))
+            self._publish({"kind": "session", "session": change.session, "account": handle})
         elif isinstance(change, MarkedInvalid):
-            key = f"{self.prefix}invalid:{handle}"
+            key = f"{prefix}invalid:{handle}"
             mark = json.dumps({"reason": change.reason, "grant": change.grant})
             self._queue(key, _Write("set", key, mark, INVALID_MARK_TTL_SECONDS))
-            event = {"kind": "invalid", "account": handle, "reason": change.reason,
-                     "grant": change.grant}
+            self._publish({"kind": "invalid", "account": handle, "reason": change.reason,
+                           "grant": change.grant})
         elif isinstance(change, MarkCleared):
-            key = f"{self.prefix}invalid:{handle}"
+            key = f"{prefix}invalid:{handle}"
             self._queue(key, _Write("delete", key))
-            event = {"kind": "valid", "account": handle, "grant": change.grant}
+            self._publish({"kind": "valid", "account": handle, "grant": change.grant})
         else:
-            key = f"{self.prefix}probe:{handle}"
-            snapshot = json.dumps({"answer": change.answer, "at": self._clock()})
+            key = f"{prefix}probe:{handle}"
+            snapshot = json.dumps({"answer": change.answer})
             self._queue(key, _Write("set", key, snapshot, self._probe_ttl()))
-            event = {"kind": "probe", "account": handle}
-        event["from"] = self.replica
-        self._queue(f"event:{len(self._outbox)}:{secrets.token_hex(4)}",
-                    _Write("publish", self.channel, json.dumps(event)))
+            self._publish({"kind": "probe", "account": handle})
 
     def may_probe(self, email: str) -> bool:
         # Without Redis every replica probes for itself; with it, the lease holder probes
@@ -255,13 +275,14 @@ class RedisStateStore(StateStore):
             lambda client: client.hgetall(f"{self.prefix}sig:{_digest(session_id)}"))
         if not isinstance(found, Mapping):
             return {}
-        for tool_id, signature in found.items():
-            self.signature_cache.remember(session_id, str(tool_id), str(signature))
-        return {str(k): str(v) for k, v in found.items()}
+        kept = {str(k): str(v) for k, v in list(found.items())[:MAX_SIGNATURES_PER_SESSION]}
+        for tool_id, signature in kept.items():
+            self.signature_cache.remember(session_id, tool_id, signature)
+        return kept
 
     def remember_signature(self, session_id: str, tool_id: str, signature: str) -> None:
         super().remember_signature(session_id, tool_id, signature)
-        if self._connected and session_id:
+        if session_id:
             key = f"{self.prefix}sig:{_digest(session_id)}"
             self._queue(f"{key}:{tool_id}", _Write(
                 "hset", key, json.dumps([tool_id, signature]), self.config.session_ttl_seconds))
@@ -272,51 +293,64 @@ class RedisStateStore(StateStore):
         """Stay connected to Redis until cancelled: subscribe, write, hold the lease.
 
         Reports started after the first attempt to connect (and resync), whether or not it
-        worked: a replica with Redis down still serves, on its own state.
+        worked: a replica with Redis down still serves, on its own state. Cancelled (the
+        gateway stopping), it hands the probe lease back on a connection of its own.
         """
-        import coredis
-
         started = False
-        while True:
-            try:
-                client = coredis.Redis.from_url(
-                    self.config.redis_url, decode_responses=True,
-                    connect_timeout=max(self._timeout, 1.0), stream_timeout=5.0,
-                    retry_policy=coredis.retry.NoRetryPolicy(),
-                )
-                async with client:
-                    self._broken = trio.Event()
-                    try:
-                        async with trio.open_nursery() as nursery:
-                            await self._resync(client)
-                            await nursery.start(self._subscribe, client)
-                            self._client = client
-                            self._set_connected(True)
-                            if not started:
-                                started = True
-                                task_status.started()
-                            nursery.start_soon(self._write, client)
-                            nursery.start_soon(self._hold_lease, client)
-                            await self._broken.wait()
-                            raise _Unavailable("a call failed or timed out")
-                    finally:
-                        await self._release_lease(client)
-            except Exception as exc:  # every failure means "serve locally"
-                self._fail(exc)
-            finally:
-                self._client = None
-                self._set_connected(False)
+
+        def report() -> None:
+            nonlocal started
             if not started:
                 started = True
                 task_status.started()
-            await trio.sleep(self.config.retry_seconds)
+
+        try:
+            while True:
+                try:
+                    await self._session(report)
+                except Exception as exc:  # every failure means "serve locally"
+                    self._fail(exc)
+                finally:
+                    self._client = None
+                    was_holding = self._holds_lease
+                    self._set_connected(False)
+                    self._holds_lease = was_holding  # for the release below, if stopping
+                report()
+                self._holds_lease = False
+                await trio.sleep(self.config.retry_seconds)
+        finally:
+            if self._holds_lease:
+                self._holds_lease = False
+                await self._release_lease()
+
+    def _new_client(self) -> coredis.Redis[str]:
+        return coredis.Redis.from_url(
+            self.config.redis_url, decode_responses=True,
+            connect_timeout=max(self._timeout, 1.0), stream_timeout=5.0,
+            retry_policy=coredis.retry.NoRetryPolicy(),
+        )
+
+    async def _session(self, connected: Callable[[], None]) -> None:
+        """One connection's life: resync, then subscribe, write and lease until it fails."""
+        async with self._new_client() as client:
+            self._broken = trio.Event()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._subscribe, client)
+                await self._resync(client)
+                self._client = client
+                self._set_connected(True)
+                connected()
+                nursery.start_soon(self._write, client)
+                nursery.start_soon(self._hold_lease, client)
+                await self._broken.wait()
+                raise _Unavailable("a call failed or timed out")
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self._connected:
             return
         self._connected = connected
         if connected:
-            self._outage_logged = False
+            self._outage_logged_at = None
             log.info("shared state: connected to Redis (replica %s)", self.replica)
         else:
             self._holds_lease = False
@@ -326,10 +360,16 @@ class RedisStateStore(StateStore):
         if self._metrics is not None:
             self._metrics.state_errors.inc()
         self._broken.set()
-        if not self._outage_logged:  # once per outage
-            self._outage_logged = True
+        reason, now = _reason(exc), trio.current_time()
+        if self._outage_logged_at is None:  # once per outage...
+            self._outage_logged_at = self._outage_began = now
             log.warning("shared state: Redis unavailable (%s); serving on this replica's own "
-                        "state until it is back", _reason(exc))
+                        "state until it is back", reason)
+        elif now - self._outage_logged_at >= OUTAGE_REMINDER_SECONDS:
+            # ...and a reminder with the reason of now, while it lasts
+            self._outage_logged_at = now
+            log.warning("shared state: Redis still unavailable after %.0fs (%s)",
+                        now - self._outage_began, reason)
 
     def _report(self, mode: Mode) -> None:
         if self._metrics is not None:
@@ -346,90 +386,134 @@ class RedisStateStore(StateStore):
                     continue
                 try:
                     event = json.loads(data)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, RecursionError):
                     continue
                 if isinstance(event, dict) and event.get("from") != self.replica:
                     self._apply_event(event)
         raise _Unavailable("the subscription ended")
 
     def _apply_event(self, event: JSONDict) -> None:
+        """Another replica's news; anything malformed or not about this pool is dropped."""
         kind = event.get("kind")
         raw = event.get("account")
         email = self._email_of(raw) if isinstance(raw, str) else None
         try:
             if kind == "cleared":
-                self.pool.apply_remote(CooldownsCleared(email))
+                if event.get("all") is True:
+                    self.pool.apply_remote(CooldownsCleared(None))
+                elif email is not None:  # not None for an unknown account: that is "all"
+                    self.pool.apply_remote(CooldownsCleared(email))
+            elif kind == "response-deleted":
+                response_id = event.get("id")
+                if isinstance(response_id, str):
+                    self.local_responses.forget(response_id)
             elif email is None:
                 return
             elif kind == "cooldown":
-                self.pool.apply_remote(Cooldown(email, str(event["model"]),
-                                                float(event["until"])))
+                ttl = float(event["ttl"])
+                if 0 < ttl <= MAX_COOLDOWN_SECONDS:
+                    self.pool.apply_remote(Cooldown(email, _text(event["model"]),
+                                                    self._clock() + ttl))
             elif kind == "session":
-                self.pool.apply_remote(SessionAssigned(str(event["session"]), email))
+                self.pool.apply_remote(SessionAssigned(_text(event["session"]), email))
             elif kind == "invalid":
-                self.pool.apply_remote(MarkedInvalid(email, str(event["reason"]),
-                                                     str(event["grant"])))
+                self.pool.apply_remote(MarkedInvalid(email, _text(event["reason"]),
+                                                     _text(event["grant"])))
             elif kind == "valid":
-                if self.pool.apply_remote(MarkCleared(email, str(event["grant"]))):
+                if self.pool.apply_remote(MarkCleared(email, _text(event["grant"]))):
                     self.on_revived(email)
             elif kind == "probe":
                 self._probed_remotely.add(email)
-                self._queue_probe_read(email)
-        except (KeyError, TypeError, ValueError):
+                # a probe's answer is too big to publish: the event says where it is
+                self._queue(f"probe-read:{email}", _Write("probe-read", email))
+        except (KeyError, TypeError, ValueError, OverflowError):
             log.debug("shared state: ignored a malformed %s event", kind)
-
-    def _queue_probe_read(self, email: str) -> None:
-        # A probe's answer is too big to publish: the event says where it is.
-        self._queue(f"probe-read:{email}", _Write("probe-read", email))
 
     async def _write(self, client: coredis.Redis[str]) -> None:
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready = trio.Event()
-            batch, self._outbox = list(self._outbox.values()), {}
-            try:
-                with trio.fail_after(max(self._timeout * 4, 0.2)):
-                    await self._execute(client, batch)
-            except trio.TooSlowError:
-                raise _Unavailable("a write timed out") from None
+            await self._drain(client)
+
+    async def _drain(self, client: coredis.Redis[str]) -> None:
+        """Write what the outbox holds, in order; a batch that cannot be written is kept
+        (in front of what came meanwhile) for the next connection."""
+        batch, self._outbox = self._outbox, {}
+        if not batch:
+            return
+        size = float(sum(len(w.value) for w in batch.values()))
+        try:
+            # bounded, with room for big values (stored responses) on a slow link
+            with trio.fail_after(max(self._timeout * 4, 0.25) + size / 20e6):
+                await self._execute(client, list(batch.values()))
+        except BaseException:
+            batch.update(self._outbox)
+            self._outbox = batch
+            raise
 
     async def _execute(self, client: coredis.Redis[str], batch: list[_Write]) -> None:
-        reads = [w for w in batch if w.op == "probe-read"]
-        async with client.pipeline(transaction=False) as pipe:
-            for write in batch:
-                if write.op == "set":
-                    pipe.set(write.key, write.value, px=max(1, int(write.ttl * 1000)))
-                elif write.op == "delete":
-                    pipe.delete([write.key])
-                elif write.op == "publish":
-                    pipe.publish(write.key, write.value)
-                elif write.op == "hset":
-                    tool_id, signature = json.loads(write.value)
-                    pipe.hset(write.key, {tool_id: signature})
-                    pipe.pexpire(write.key, max(1, int(write.ttl * 1000)))
+        now = self._clock()
+        simple: list[_Write] = []
+
+        async def flush() -> None:
+            if not simple:
+                return
+            async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+                for write in simple:
+                    if write.op == "set":
+                        ttl = write.ttl if write.until is None else write.until - now
+                        if ttl > 0:
+                            pipe.set(write.key, write.value, px=max(1, int(ttl * 1000)))
+                    elif write.op == "delete":
+                        pipe.delete([write.key])
+                    elif write.op == "publish":
+                        event = dict(write.event or {})
+                        if write.until is not None:
+                            event["ttl"] = write.until - now
+                            if event["ttl"] <= 0:
+                                continue
+                        pipe.publish(write.key, json.dumps(event))
+            simple.clear()
+
         for write in batch:
-            if write.op == "clear":
-                keys = [key async for key in client.scan_iter(match=write.key)]
-                if keys:
-                    await client.delete(keys)
-            elif write.op == "hset" and (
-                    await client.hlen(write.key) > MAX_SIGNATURES_PER_SESSION):
-                # a runaway conversation's signatures: forget the old ones, keep the newest
-                    tool_id, signature = json.loads(write.value)
-                    await client.delete([write.key])
-                    await client.hset(write.key, {tool_id: signature})
-                    await client.pexpire(write.key, max(1, int(write.ttl * 1000)))
-        for read in reads:
-            found = await client.get(f"{self.prefix}probe:{account_handle(read.key)}")
-            self._apply_probe_snapshot(read.key, found)
+            if write.op in ("set", "delete", "publish"):
+                simple.append(write)
+                continue
+            await flush()
+            try:
+                await self._execute_one(client, write)
+            except coredis.exceptions.ResponseError as exc:
+                # Redis refused this one (a key of another type, a script error): dropped,
+                # or the outbox would never drain
+                log.warning("shared state: Redis refused a %s write (%s)", write.op,
+                            _reason(exc))
+        await flush()
+
+    async def _execute_one(self, client: coredis.Redis[str], write: _Write) -> None:
+        """One write that is not a plain SET, DEL or PUBLISH."""
+        if write.op == "clear":
+            keys = [key async for key in client.scan_iter(match=write.key, count=500)]
+            if keys:
+                await client.delete(keys)
+        elif write.op == "hset":
+            tool_id, signature = json.loads(write.value)
+            await client.eval(_ADD_SIGNATURE, keys=[write.key], args=[
+                tool_id, signature, max(1, int(write.ttl * 1000)),
+                MAX_SIGNATURES_PER_SESSION])
+        elif write.op == "probe-read":
+            found = await client.get(f"{self.prefix}probe:{account_handle(write.key)}")
+            self._apply_probe_snapshot(write.key, found)
+        elif write.op == "response":
+            await self.shared_responses.write(client, write)
+        elif write.op == "response-delete":
+            await self.shared_responses.remove(client, write.key)
 
     def _apply_probe_snapshot(self, email: str, raw: str | None) -> None:
         if raw is None:
             return
         try:
-            snapshot = json.loads(raw)
-            answer = snapshot["answer"]
-        except (TypeError, ValueError, KeyError):
+            answer = json.loads(raw)["answer"]
+        except (TypeError, ValueError, KeyError, RecursionError):
             return
         if isinstance(answer, dict) and email in self.pool.emails():
             self._probed_remotely.add(email)
@@ -445,6 +529,7 @@ class RedisStateStore(StateStore):
                 with trio.fail_after(max(self._timeout * 4, 0.2)):
                     held = await client.eval(_TAKE_LEASE, keys=[key],
                                              args=[self.replica, ttl_ms])
+                    await client.pexpire(f"{self.prefix}epoch", _EPOCH_TTL_MS)
             except trio.TooSlowError:
                 raise _Unavailable("the lease call timed out") from None
             holds = bool(held)
@@ -454,68 +539,110 @@ class RedisStateStore(StateStore):
             self._holds_lease = holds
             await trio.sleep(min(self.config.lease_seconds / 3, self.config.retry_seconds))
 
-    async def _release_lease(self, client: coredis.Redis[str]) -> None:
-        """Stopping (or losing Redis) while holding the probe lease: hand it back at once,
-        so another replica takes over without waiting out its TTL."""
-        if not self._holds_lease:
-            return
-        self._holds_lease = False
-        with trio.move_on_after(max(self._timeout * 4, 0.2)) as bounded:
+    async def _release_lease(self) -> None:
+        """Stopping while holding the probe lease: hand it back at once, so another
+        replica takes over without waiting out its TTL. A connection of its own, shielded
+        and bounded: the one in use is being torn down by the same cancellation."""
+        with trio.move_on_after(max(self._timeout * 10, 0.5)) as bounded:
             bounded.shield = True
             try:
-                await client.eval(_RELEASE_LEASE, keys=[f"{self.prefix}lease:probes"],
-                                  args=[self.replica])
-            except Exception:  # expiring by itself is the fallback
-                log.debug("shared state: could not hand the probe lease back")
+                async with self._new_client() as client:
+                    await client.eval(_RELEASE_LEASE, keys=[f"{self.prefix}lease:probes"],
+                                      args=[self.replica])
+                log.info("shared state: handed the probe lease back")
+            except Exception as exc:  # expiring by itself is the fallback
+                log.info("shared state: could not hand the probe lease back (%s); it "
+                         "expires within state.lease_seconds", _reason(exc))
 
     async def _resync(self, client: coredis.Redis[str]) -> None:
-        """After (re)connecting: push what this replica knows, then pull what others do."""
+        """After (re)connecting (subscribed already): push this replica's state if Redis
+        lost its data, write what was learned while away, then take Redis's word."""
         with trio.fail_after(max(self._timeout * 40, 2.0)):
-            now = self._clock()
-            async with client.pipeline(transaction=False) as pipe:
-                for cooldown in self.pool.cooldowns():
-                    handle = account_handle(cooldown.email)
-                    ttl_ms = max(1, int((cooldown.until - now) * 1000))
-                    pipe.set(f"{self.prefix}cd:{handle}:{cooldown.model}", str(cooldown.until),
-                             px=ttl_ms, condition=PureToken.NX)
-                    pipe.publish(self.channel, json.dumps({
-                        "kind": "cooldown", "account": handle, "model": cooldown.model,
-                        "until": cooldown.until, "from": self.replica}))
-                for mark in self.pool.invalid_marks():
-                    handle = account_handle(mark.email)
-                    pipe.set(f"{self.prefix}invalid:{handle}",
-                             json.dumps({"reason": mark.reason, "grant": mark.grant}),
-                             px=int(INVALID_MARK_TTL_SECONDS * 1000), condition=PureToken.NX)
-                    pipe.publish(self.channel, json.dumps({
-                        "kind": "invalid", "account": handle, "reason": mark.reason,
-                        "grant": mark.grant, "from": self.replica}))
-                session_ttl = int(self.config.session_ttl_seconds * 1000)
-                for session, email in self.pool.sessions():
-                    pipe.set(f"{self.prefix}session:{_digest(session)}", account_handle(email),
-                             px=session_ttl, condition=PureToken.NX)
+            epoch = await client.get(f"{self.prefix}epoch")
+            if epoch is None:
+                fresh = secrets.token_hex(8)
+                made = await client.set(f"{self.prefix}epoch", fresh, px=_EPOCH_TTL_MS,
+                                        condition=PureToken.NX)
+                epoch = fresh if made else await client.get(f"{self.prefix}epoch")
+            if epoch != self._epoch:
+                if self._epoch is not None:
+                    log.info("shared state: Redis lost its data meanwhile; pushing this "
+                             "replica's state")
+                await self._push_state(client)
+                self._epoch = epoch
+            await self._drain(client)
             await self._pull(client)
 
+    async def _push_state(self, client: coredis.Redis[str]) -> None:
+        """This replica's cooldowns, marks and sessions, for a Redis that has none (each
+        only where Redis has no newer word of its own)."""
+        now = self._clock()
+        async with client.pipeline(transaction=False) as pipe:
+            for cooldown in self.pool.cooldowns():
+                if not _usable_until(cooldown.until, now):
+                    continue
+                handle = account_handle(cooldown.email)
+                ttl = cooldown.until - now
+                pipe.set(f"{self.prefix}cd:{handle}:{cooldown.model}", "1",
+                         px=max(1, int(ttl * 1000)), condition=PureToken.NX)
+                pipe.publish(self.channel, json.dumps({
+                    "kind": "cooldown", "account": handle, "model": cooldown.model,
+                    "ttl": ttl, "from": self.replica}))
+            for mark in self.pool.invalid_marks():
+                handle = account_handle(mark.email)
+                pipe.set(f"{self.prefix}invalid:{handle}",
+                         json.dumps({"reason": mark.reason, "grant": mark.grant}),
+                         px=int(INVALID_MARK_TTL_SECONDS * 1000), condition=PureToken.NX)
+                pipe.publish(self.channel, json.dumps({
+                    "kind": "invalid", "account": handle, "reason": mark.reason,
+                    "grant": mark.grant, "from": self.replica}))
+            session_ttl = int(self.config.session_ttl_seconds * 1000)
+            for session, email in self.pool.sessions():
+                pipe.set(f"{self.prefix}session:{_digest(session)}", account_handle(email),
+                         px=session_ttl, condition=PureToken.NX)
+
     async def _pull(self, client: coredis.Redis[str]) -> None:
-        prefix = self.prefix
-        cooldowns = [key async for key in client.scan_iter(match=f"{prefix}cd:*", count=500)]
-        values = await client.mget(cooldowns) if cooldowns else ()
-        for key, value in zip(cooldowns, values, strict=True):
-            handle, _, model = key[len(prefix) + 3:].partition(":")
-            email = self._email_of(handle)
-            if email is not None and value is not None:
-                self.pool.apply_remote(Cooldown(email, model, float(value)))
+        """Redis's cooldowns and marks become this replica's (save what it has yet to
+        write); probe answers are applied."""
+        prefix, now = self.prefix, self._clock()
+        pending = set(self._outbox)
+        keys = [key async for key in client.scan_iter(match=f"{prefix}cd:*", count=500)]
+        remaining: dict[tuple[str, str], float] = {}
+        if keys:
+            async with client.pipeline(transaction=False) as pipe:
+                ttls = [pipe.pttl(key) for key in keys]
+            for key, ttl_request in zip(keys, ttls, strict=True):
+                handle, _, model = key[len(prefix) + 3:].partition(":")
+                email = self._email_of(handle)
+                ttl_ms = await ttl_request
+                if email is not None and model and isinstance(ttl_ms, int) and ttl_ms > 0:
+                    remaining[(email, model)] = ttl_ms / 1000.0
+        for cooldown in self.pool.cooldowns():
+            key = f"{prefix}cd:{account_handle(cooldown.email)}:{cooldown.model}"
+            if (cooldown.email, cooldown.model) not in remaining and key not in pending:
+                self.pool.apply_remote(Cooldown(cooldown.email, cooldown.model, now))
+        for (email, model), seconds in remaining.items():
+            self.pool.apply_remote(Cooldown(email, model,
+                                            now + min(seconds, MAX_COOLDOWN_SECONDS)))
         marks = [key async for key in client.scan_iter(match=f"{prefix}invalid:*", count=500)]
         values = await client.mget(marks) if marks else ()
+        marked: set[str] = set()
         for key, value in zip(marks, values, strict=True):
             email = self._email_of(key[len(prefix) + 8:])
             if email is None or value is None:
                 continue
             try:
                 mark = json.loads(value)
-                self.pool.apply_remote(MarkedInvalid(email, str(mark["reason"]),
-                                                     str(mark["grant"])))
-            except (TypeError, ValueError, KeyError):
+                change = MarkedInvalid(email, _text(mark["reason"]), _text(mark["grant"]))
+            except (TypeError, ValueError, KeyError, RecursionError):
                 continue
+            marked.add(email)
+            self.pool.apply_remote(change)
+        for mark in self.pool.invalid_marks():
+            key = f"{prefix}invalid:{account_handle(mark.email)}"
+            if mark.email not in marked and key not in pending and self.pool.apply_remote(
+                    MarkCleared(mark.email, mark.grant)):
+                self.on_revived(mark.email)  # found alive elsewhere while we were away
         for email in self.pool.emails():
             self._apply_probe_snapshot(
                 email, await client.get(f"{prefix}probe:{account_handle(email)}"))
@@ -529,17 +656,33 @@ class RedisStateStore(StateStore):
             del self._outbox[next(iter(self._outbox))]
         self._outbox_ready.set()
 
-    async def _read(self, call: Callable[[coredis.Redis[str]], Any]) -> Any:
-        """One request-path read, or None when Redis cannot answer in time."""
+    def _publish(self, event: JSONDict, *, until: float | None = None) -> None:
+        event["from"] = self.replica
+        self._queue(f"event:{secrets.token_hex(8)}",
+                    _Write("publish", self.channel, event=event, until=until))
+
+    async def _read(self, call: Callable[[coredis.Redis[str]], Any], *,
+                    seconds: float | None = None, fatal: bool = True) -> Any:
+        """One request-path read, or None when Redis cannot answer in time. A failure
+        renews the connection (and means local state meanwhile) unless not `fatal`."""
         client = self._client
         if client is None or not self._connected:
             return None
         try:
-            with trio.fail_after(self._timeout):
-                return await call(client)
-        except Exception as exc:  # a failed read is a miss, and a warning
-            self._fail(exc)
+            with trio.fail_after(self._timeout if seconds is None else seconds):
+                found = await call(client)
+        except Exception as exc:  # a failed read is a miss
+            slow = isinstance(exc, trio.TooSlowError)
+            self._slow_reads = self._slow_reads + 1 if slow else 0
+            # one slow answer may be this process's own busy moment; a broken connection,
+            # or slow answers in a row, mean Redis is not there
+            if fatal and (not slow or self._slow_reads >= SLOW_READS_IN_A_ROW):
+                self._fail(exc)
+            elif self._metrics is not None:
+                self._metrics.state_errors.inc()
             return None
+        self._slow_reads = 0
+        return found
 
     def _email_of(self, handle: str) -> str | None:
         emails = tuple(self.pool.emails())
@@ -554,20 +697,33 @@ class RedisStateStore(StateStore):
         return max(3 * self._probe_interval, 2 * self.config.lease_seconds)
 
 
+def _usable_until(until: float, now: float) -> bool:
+    return math.isfinite(until) and 0 < until - now <= MAX_COOLDOWN_SECONDS
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 1024:
+        raise ValueError("not a short string")
+    return value
+
+
 @attrs.frozen(slots=True)
 class _Write:
-    """One pending write: op on key (a channel for publish), with a value and a TTL."""
+    """One pending write: `op` on `key` (the channel, for a publish). A cooldown's TTL comes
+    from `until` when it is written, so a write queued during an outage is not late."""
 
     op: str
     key: str
     value: str = ""
     ttl: float = 0.0
+    until: float | None = None
+    event: JSONDict | None = None
 
 
 class RedisResponseStore:
     """Stored Responses in Redis (any replica can continue a conversation), kept in local
-    memory too: written to both, read locally first, so a Redis outage loses nothing this
-    replica stored itself."""
+    memory too: written to both (Redis through the outbox, bounded by count and bytes like
+    the local store), read locally first; a delete reaches every replica's memory."""
 
     def __init__(self, state: RedisStateStore, local: MemoryResponseStore) -> None:
         self._state = state
@@ -578,48 +734,54 @@ class RedisResponseStore:
 
     async def put(self, stored: StoredResponse) -> None:
         await self._local.put(stored)
-        limits = self._local
-        ttl_ms = max(1, int(limits.ttl_seconds * 1000))
-        index = f"{self._state.prefix}resp-index"
-        value = json.dumps(_response_json(stored), separators=(",", ":"))
-        max_responses = limits.max_responses
+        if stored.size <= self._local.max_bytes:
+            value = json.dumps(_response_json(stored), separators=(",", ":"))
+            self._state._queue(self._key(stored.id), _Write(
+                "response", stored.id, value, self._local.ttl_seconds))
 
-        async def write(client: coredis.Redis[str]) -> None:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.set(self._key(stored.id), value, px=ttl_ms)
-                pipe.zadd(index, {stored.id: stored.created_at})
-                pipe.pexpire(index, ttl_ms)
-            # bounded like the local store: the oldest beyond the count go first
-            extra = await client.zcard(index) - max_responses
-            if extra > 0:
-                oldest = [str(member) for member in await client.zrange(index, 0, extra - 1)]
-                if oldest:
-                    await client.zrem(index, oldest)
-                    await client.delete([self._key(member) for member in oldest])
-
-        if stored.size <= limits.max_bytes:
-            await self._state._read(write)
+    async def write(self, client: coredis.Redis[str], write: _Write) -> None:
+        """The writer's half of `put`: store it, then evict the oldest beyond the limits."""
+        prefix = self._state.prefix
+        await client.eval(_PUT_RESPONSE, keys=[
+            self._key(write.key), f"{prefix}resp-index", f"{prefix}resp-sizes",
+            f"{prefix}resp-bytes"], args=[
+            write.key, write.value, len(write.value), self._state._clock(),
+            max(1, int(write.ttl * 1000)), self._local.max_responses, self._local.max_bytes,
+            f"{prefix}resp:"])
 
     async def get(self, response_id: str) -> StoredResponse | None:
         found = await self._local.get(response_id)
         if found is not None:
             return found
-        raw = await self._state._read(lambda client: client.get(self._key(response_id)))
+        raw = await self._state._read(lambda client: client.get(self._key(response_id)),
+                                      seconds=max(self._state._timeout, 1.0), fatal=False)
         if not isinstance(raw, str):
             return None
         try:
             stored = _response_from_json(json.loads(raw))
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, RecursionError):
             return None
-        if self._state._clock() - stored.created_at > self._local.ttl_seconds:
+        if stored.id != response_id or (
+                self._state._clock() - stored.created_at > self._local.ttl_seconds):
             return None
         await self._local.put(stored)
         return stored
 
     async def delete(self, response_id: str) -> bool:
         local = await self._local.delete(response_id)
-        removed = await self._state._read(lambda client: client.delete([self._key(response_id)]))
-        return local or bool(removed)
+        remote = await self._state._read(
+            lambda client: client.exists([self._key(response_id)]), fatal=False)
+        # written even when Redis is away (the outbox keeps it): a delete is not lost
+        self._state._queue(f"response-delete:{response_id}",
+                           _Write("response-delete", response_id))
+        self._state._publish({"kind": "response-deleted", "id": response_id})
+        return local or bool(remote)
+
+    async def remove(self, client: coredis.Redis[str], response_id: str) -> None:
+        prefix = self._state.prefix
+        await client.eval(_DELETE_RESPONSE, keys=[
+            self._key(response_id), f"{prefix}resp-index", f"{prefix}resp-sizes",
+            f"{prefix}resp-bytes"], args=[response_id])
 
     async def history(self, response_id: str) -> list[JSONDict]:
         return await self._local.history(response_id, get=self.get)
@@ -666,4 +828,47 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+# Add a thought signature, keeping the session's hash bounded and with a TTL, atomically.
+_ADD_SIGNATURE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+# Store a response; evict the oldest while over the count or the bytes. KEYS: the
+# response, the index (zset by time), the sizes (hash), the byte total. ARGV: id, value,
+# size, time, ttl ms, max count, max bytes, the response key prefix.
+_PUT_RESPONSE = """
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if old then redis.call('DECRBY', KEYS[4], old) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+local total = redis.call('INCRBY', KEYS[4], ARGV[3])
+while redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[6]) or total > tonumber(ARGV[7]) do
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if not oldest then break end
+  redis.call('ZREM', KEYS[2], oldest)
+  redis.call('DEL', ARGV[8] .. oldest)
+  local size = redis.call('HGET', KEYS[3], oldest)
+  redis.call('HDEL', KEYS[3], oldest)
+  if size then total = redis.call('DECRBY', KEYS[4], size) end
+end
+for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+return total
+"""
+_DELETE_RESPONSE = """
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local size = redis.call('HGET', KEYS[3], ARGV[1])
+if size then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('DECRBY', KEYS[4], size)
+end
+return 1
 """

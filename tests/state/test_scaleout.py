@@ -48,7 +48,8 @@ async def replicas(
 ) -> AsyncIterator[StartReplicas]:
     started: list[Replica] = []
 
-    async def start(count: int = 3, extra: str = "") -> list[Replica]:
+    async def start(count: int = 3, extra: str = "", lease_seconds: float = 1.5
+                    ) -> list[Replica]:
         async with trio.open_nursery() as nursery:
             for index in range(count):
                 name = "ABCDEFGH"[len(started) + index]
@@ -58,7 +59,8 @@ async def replicas(
                 await write_demo_accounts(str(accounts))
                 config = tmp_path / f"replica-{name}.toml"
                 replica_config(config, emulator=emulator.url, accounts=accounts,
-                               redis=redis_server.url, extra=extra)
+                               redis=redis_server.url, extra=extra,
+                               lease_seconds=lease_seconds)
 
                 async def one(name: str = name, config: Path = config) -> None:
                     started.append(await trio.to_thread.run_sync(
@@ -201,8 +203,12 @@ async def test_concurrent_401s_refresh_once_per_replica_and_invalid_grants_mark_
     result = await trio.to_thread.run_sync(
         partial(a.post, "/refresh-token", json={"email": DEMO1}))
     assert result.json()["results"][DEMO1]["status"] == "invalid"
-    await until(lambda: b.limits()[DEMO1]["status"] == "invalid"
-                and c.limits()[DEMO1]["status"] == "invalid", "B and C mark demo1 invalid")
+    try:
+        await until(lambda: b.limits()[DEMO1]["status"] == "invalid"
+                    and c.limits()[DEMO1]["status"] == "invalid", "B and C mark demo1 invalid")
+    except AssertionError:
+        print("".join(a.lines[-30:]), "".join(b.lines[-30:]))
+        raise
     token_calls = [r for r in emulator.state.received if r.path == "/token"]
     assert len(token_calls) == 1  # A's alone
     emulator.state.received.clear()
@@ -410,3 +416,140 @@ def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "needs state.redis_url" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_what_was_cleared_or_revived_during_an_outage_does_not_come_back(
+    replicas: StartReplicas, emulator: RunningEmulator, redis_server: RedisServer
+) -> None:
+    a, b = await replicas(2)
+    emulator.state.add_fault(Fault("rate_limit", account=DEMO1, times=1, reset_seconds=120))
+    assert (await ask_async(a, "cool demo1")).status_code == 200
+    emulator.state.add_fault(Fault("invalid_grant", account=DEMO2))
+    await trio.to_thread.run_sync(partial(a.post, "/refresh-token", json={"email": DEMO2}))
+    await until(lambda: cooling(b, DEMO1) > 100 and b.limits()[DEMO2]["status"] == "invalid",
+                "B has the cooldown and the mark")
+    emulator.state.clear_faults()
+    redis_server.pause()
+    try:
+        # while Redis hangs, A learns the quota is back and demo2's grant lives again
+        cleared = await trio.to_thread.run_sync(partial(a.post, "/refresh-token"))
+        assert cleared.json()["results"][DEMO2]["status"] == "refreshed"
+        assert cooling(a, DEMO1) == 0
+        await until(lambda: a.health()["state"] == "local-fallback", "A on local state")
+    finally:
+        redis_server.resume()
+    await until(lambda: a.health()["state"] == "redis" and b.health()["state"] == "redis",
+                "both back on Redis")
+    # A's news of the outage wins over what Redis and B held from before it
+    await until(lambda: cooling(b, DEMO1) == 0 and b.limits()[DEMO2]["status"] != "invalid",
+                "B learned the clear and the revival")
+    await trio.sleep(1.0)  # a resync round later, still so
+    assert cooling(a, DEMO1) == 0 and a.limits()[DEMO2]["status"] == "ok"
+    assert cooling(b, DEMO1) == 0 and b.limits()[DEMO2]["status"] != "invalid"
+
+
+async def test_a_stopping_replica_hands_the_lease_back_at_once(
+    replicas: StartReplicas, redis_server: RedisServer
+) -> None:
+    group = await replicas(2, lease_seconds=30)
+    holder = await until(
+        lambda: next((r for r in group if r.health().get("probeLease")), None), "a holder")
+    other = next(r for r in group if r is not holder)
+    await trio.to_thread.run_sync(holder.stop)  # SIGTERM: a graceful stop
+    assert holder.proc.returncode == 0
+    await until(lambda: other.health().get("probeLease"), "the other takes the lease",
+                seconds=5)  # far less than the 30 s TTL
+    assert any("handed the probe lease back" in line for line in holder.lines)
+
+
+async def test_hostile_messages_and_keys_change_nothing(
+    replicas: StartReplicas, emulator: RunningEmulator, redis_server: RedisServer
+) -> None:
+    from gateway.accounts.model import account_handle
+
+    a, b = await replicas(2)
+    emulator.state.add_fault(Fault("rate_limit", account=DEMO1, times=1, reset_seconds=120))
+    assert (await ask_async(a, "cool demo1")).status_code == 200
+    await until(lambda: cooling(b, DEMO1) > 100, "B sees the cooldown")
+    handle = account_handle(DEMO2)
+    for message in (
+        "not json", "[1, 2]", '{"kind": "cleared", "account": "acct-nobody"}',
+        f'{{"kind": "cooldown", "account": "{handle}", "model": "{MODEL}", "ttl": 1e999}}',
+        f'{{"kind": "cooldown", "account": "{handle}", "model": "{MODEL}", "ttl": {"9" * 400}}}',
+        f'{{"kind": "cooldown", "account": "{handle}", "model": "{MODEL}", "ttl": -5}}',
+        f'{{"kind": "invalid", "account": "{handle}", "reason": 5, "grant": null}}',
+        f'{{"kind": "session", "account": "{handle}"}}',
+        '{"kind": "response-deleted", "id": 17}',
+    ):
+        redis_server.command("PUBLISH", "gateway:events", message)
+    redis_server.command("SET", f"gateway:cd:{handle}:{MODEL}", "not-a-number", "PX", "60000")
+    redis_server.command("SET", f"gateway:invalid:{handle}", "{broken", "PX", "60000")
+    redis_server.command("SET", f"gateway:probe:{handle}", '{"answer": [1]}', "PX", "60000")
+    await trio.sleep(0.5)
+    for replica in (a, b):
+        assert replica.health()["state"] == "redis"
+        assert cooling(replica, DEMO1) > 100  # the bogus "cleared" cleared nothing
+        assert cooling(replica, DEMO2) == 0 and replica.limits()[DEMO2]["status"] == "ok"
+    # a blip: the resync reads those keys and must still come back
+    redis_server.kill()
+    redis_server.start()
+    redis_server.command("SET", f"gateway:cd:{handle}:{MODEL}", "not-a-number", "PX", "60000")
+    redis_server.command("SET", f"gateway:invalid:{handle}", "{broken", "PX", "60000")
+    for replica in (a, b):
+        await until(lambda r=replica: r.health()["state"] == "redis",
+                    f"{replica.name} back on Redis", seconds=15)
+        assert replica.limits()[DEMO2]["status"] == "ok"  # the broken mark is no mark
+
+
+async def test_a_deleted_response_is_gone_from_every_replica(
+    replicas: StartReplicas,
+) -> None:
+    a, b, c = await replicas()
+    big = "lorem ipsum " * 300_000  # ~3.6 MB stored: written by the outbox, not in a read
+    made = await trio.to_thread.run_sync(partial(a.post, "/v1/responses", json={
+        "model": MODEL, "input": big}))
+    assert made.status_code == 200, made.text
+    response_id = made.json()["id"]
+    await until(lambda: b.get(f"/v1/responses/{response_id}").status_code == 200,
+                "B reads it (and keeps a copy)")
+    assert a.health()["state"] == "redis"
+    gone = await trio.to_thread.run_sync(partial(
+        httpx.delete, f"{a.url}/v1/responses/{response_id}", timeout=10))
+    assert gone.status_code == 200, gone.text
+    for replica in (b, c):
+        await until(lambda r=replica: r.get(f"/v1/responses/{response_id}").status_code == 404,
+                    f"gone on {replica.name}", seconds=3)
+    follow = await trio.to_thread.run_sync(partial(b.post, "/v1/responses", json={
+        "model": MODEL, "input": "again?", "previous_response_id": response_id}))
+    assert follow.status_code in (400, 404)
+
+
+def test_a_redis_url_that_cannot_work_is_refused_without_showing_it(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, load_config
+
+    for url in ("redis://:hunter2@h:notaport/0", "redis://:hunter2@h:6379/x",
+                "http://:hunter2@h:6379", "redis://:hunter2@/0"):
+        with pytest.raises(ConfigError) as caught:
+            load_config(environ={"GATEWAY_STATE_REDIS_URL": url})
+        assert "hunter2" not in str(caught.value) and "state.redis_url" in str(caught.value)
+    assert load_config(environ={"GATEWAY_STATE_REDIS_URL": "rediss://:pw@h:6380/2"})
+
+
+async def test_workers_that_cannot_stay_up_stop_the_gateway(
+    emulator: RunningEmulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    accounts = tmp_path / "accounts.json"
+    await write_demo_accounts(str(accounts))
+    config = tmp_path / "workers.toml"
+    replica_config(config, emulator=emulator.url, accounts=accounts, redis=redis_server.url)
+    server = await trio.to_thread.run_sync(partial(
+        start_replica, "W", config, tmp_path, ("--workers", "2")))
+    try:
+        config.write_text("this is [not toml")  # every new worker fails at once
+        for pid in _children(server.proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        code = await trio.to_thread.run_sync(partial(server.proc.wait, 60))
+    finally:
+        await trio.to_thread.run_sync(server.stop)
+    assert code == 1
+    assert any("times in a row" in line for line in server.lines)

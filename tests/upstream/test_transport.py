@@ -7,6 +7,7 @@ on command (a GOAWAY in the middle of two streams). HTTP/1.1: the plain emulator
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import struct
@@ -233,10 +234,8 @@ class GoawayServer:
         await trio.serve_listeners(self.connection, tls)
 
     async def connection(self, stream: trio.SSLStream[Any]) -> None:
-        try:
+        with contextlib.suppress(trio.BrokenResourceError):  # a hang-up without TLS goodbye
             await self.converse(stream)
-        except trio.BrokenResourceError:
-            pass  # the client hung up without a TLS goodbye
 
     async def converse(self, stream: trio.SSLStream[Any]) -> None:
         self.connections += 1
