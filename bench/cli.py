@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--workers", type=_list(str), default=("1", "2"), metavar="N,N,...",
         help="compare `gateway serve --workers N` for these N (each with state in Redis); "
              "'none' skips (default 1,2)")
+    add("--rtt-ms", type=float, default=0.0, metavar="MS",
+        help="a network round trip the emulator adds to each request (three on a new "
+             "connection, for TCP and TLS), in ms (default 0: loopback)")
     add("--log-level", default="warning",
         help="the gateway's log level (default warning: logging costs CPU)")
     add("--out", type=Path, default=REPO / "bench" / "results",
@@ -159,6 +162,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         disconnect_trials=max(args.disconnect_trials, 0),
         litellm=args.litellm,
         workers=_workers(args.workers),
+        rtt_ms=max(0.0, args.rtt_ms),
         example=args.example,
         quick=args.quick,
         log_level=args.log_level,

@@ -53,6 +53,8 @@ class LoadRow:
     ratio_ttfb: Percentiles | None = None
     ratio_ttlb: Percentiles | None = None
     ratio_rps: float | None = None
+    # new connections the emulator accepted during the timed run (after the warm-up)
+    upstream_connections: int | None = None
 
     @property
     def kind(self) -> str:
@@ -162,6 +164,7 @@ def _cores(seconds: float, wall: float) -> str:
 ABSOLUTE_HEADER = (
     "http", "conc", "kind", "face", "ok/req", "req/s",
     "TTFB ms p50/p90/p99", "TTLB ms p50/p90/p99", "chunks/core-s", "cores proxy/emu/client",
+    "upstream conns/100 req",
 )
 RELATIVE_HEADER = (
     "http", "conc", "kind", "face", "x req/s",
@@ -178,6 +181,8 @@ def absolute_table(rows: Sequence[LoadRow]) -> list[tuple[str, ...]]:
             else "-"
         )
         proxy = "-" if r.face == "baseline" else _cores(r.proxy_cpu_seconds, r.seconds)
+        conns = "-" if r.upstream_connections is None or not r.requests else (
+            f"{100 * r.upstream_connections / r.requests:.1f}")
         cores = "/".join(
             (proxy, _cores(r.emulator_cpu_seconds, r.seconds),
              _cores(r.client_cpu_seconds, r.seconds))
@@ -186,7 +191,7 @@ def absolute_table(rows: Sequence[LoadRow]) -> list[tuple[str, ...]]:
             (
                 r.http, str(r.level), r.kind, r.face,
                 f"{r.ok}/{r.requests}" + (" T/O" if r.timed_out else ""),
-                _fmt(r.rps), _triple(r.ttfb_ms), _triple(r.ttlb_ms), chunks, cores,
+                _fmt(r.rps), _triple(r.ttfb_ms), _triple(r.ttlb_ms), chunks, cores, conns,
             )
         )
     return out
@@ -259,7 +264,9 @@ ABSOLUTE_LEGEND = (
     "Redis; its CPU is all its processes'); "
     "TTFB/TTLB = time from sending the request to the first/last body byte; chunks/core-s = "
     "SSE data events the client received per proxy CPU-second (in brackets: upstream chunks "
-    "relayed per proxy CPU-second); cores = CPU-seconds per wall-second of each process."
+    "relayed per proxy CPU-second); cores = CPU-seconds per wall-second of each process; "
+    "upstream conns/100 req = new connections the emulator accepted per 100 timed requests "
+    "(after the warm-up: in steady state a proxy with warm upstream connections opens none)."
 )
 RELATIVE_LEGEND = (
     "Each proxy row against the baseline row of the same HTTP version, concurrency and kind: "

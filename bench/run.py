@@ -46,6 +46,7 @@ from bench.workload import (
     anthropic_target,
     baseline_target,
     configure_emulator,
+    emulator_connections,
     fetch_upstream,
     forget_requests,
     openai_target,
@@ -79,6 +80,9 @@ class Settings:
     litellm: bool = True
     # `serve --workers N` runs compared (each with state in Redis); () skips the phase
     workers: tuple[int, ...] = (1, 2)
+    # a network's round trip the emulator adds per request (three on a new connection: TCP and
+    # TLS handshakes), in milliseconds; 0: loopback as it is
+    rtt_ms: float = 0.0
     example: bool = False
     quick: bool = False
     log_level: str = "warning"
@@ -179,6 +183,7 @@ async def measure(
                 clients, target, concurrency=level, total=max(level, 3),
                 deadline=settings.run_seconds,
             )
+        connections = await emulator_connections(rig.emulator.url)
         proxy_cpu = proxy.cpu_seconds() if proxy else 0.0
         emulator_cpu = rig.emulator.cpu_seconds()
         client_cpu = time.process_time()
@@ -195,6 +200,9 @@ async def measure(
             emulator_cpu=rig.emulator.cpu_seconds() - emulator_cpu,
             client_cpu=time.process_time() - client_cpu,
         )
+        # less the one this count's own request opened
+        row.upstream_connections = max(
+            0, await emulator_connections(rig.emulator.url) - connections - 1)
     rig.progress(
         f"{http:>3} conc={level:<4} {'stream' if target.stream else 'unary':6} "
         f"{target.face:9} {row.ok}/{row.requests} ok, {row.rps:.1f} req/s"
@@ -229,7 +237,7 @@ async def check_answers(rig: Rig, settings: Settings) -> None:
 
 async def load_phase(rig: Rig, settings: Settings) -> list[LoadRow]:
     shape = StreamShape(settings.chunk_delay, settings.chunks, settings.chunk_chars)
-    await configure_emulator(rig.emulator.url, shape)
+    await configure_emulator(rig.emulator.url, shape, rtt_seconds=settings.rtt_ms / 1000)
     rows: list[LoadRow] = []
     for http in settings.http:
         for stream in settings.kinds:

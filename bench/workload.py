@@ -143,7 +143,8 @@ class StreamShape:
 
 
 async def configure_emulator(
-    emulator_url: str, shape: StreamShape, *, token_lifetime_seconds: float | None = None
+    emulator_url: str, shape: StreamShape, *, token_lifetime_seconds: float | None = None,
+    rtt_seconds: float | None = None,
 ) -> None:
     """Set how the emulator streams from now on (and, if given, how long its tokens live)."""
     config: dict[str, Any] = {
@@ -154,10 +155,20 @@ async def configure_emulator(
     }
     if token_lifetime_seconds is not None:
         config["token_lifetime_seconds"] = token_lifetime_seconds
+    if rtt_seconds is not None:
+        config["rtt_seconds"] = rtt_seconds
     async with httpx.AsyncClient(timeout=10.0) as client:
         response = await client.post(f"{emulator_url}/__emulator/config", json=config)
     if response.status_code // 100 != 2:
         raise RuntimeError(f"emulator config answered {response.status_code}: {response.text}")
+
+
+async def emulator_connections(emulator_url: str) -> int:
+    """Connections the emulator has accepted so far."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        response = await client.get(f"{emulator_url}/__emulator/streams")
+    response.raise_for_status()
+    return int(response.json()["connections"])
 
 
 async def open_streams(control: httpx.AsyncClient, emulator_url: str) -> int:

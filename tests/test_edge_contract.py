@@ -207,3 +207,40 @@ async def test_a_send_to_a_client_that_never_reads_ends_at_the_write_deadline(
             await other.send_all(b"y")
         assert trio.current_time() - started == pytest.approx(3)
         nursery.cancel_scope.cancel()
+
+
+def test_h2_goaway_override_still_lets_streams_below_the_last_id_finish() -> None:
+    """gateway/upstream/transport.py overrides h2's private `_receive_goaway_frame` so a
+    connection told GOAWAY still takes the answers of the streams the server finishes. If
+    h2 renames it or changes what it returns, this fails (pinned: h2 in pyproject.toml)."""
+    import struct
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from gateway.upstream.transport import _DrainingH2Connection
+
+    assert callable(getattr(h2.connection.H2Connection, "_receive_goaway_frame", None))
+    client = _DrainingH2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    request = [(":method", "POST"), (":path", "/"), (":scheme", "https"), (":authority", "x")]
+    client.send_headers(1, request, end_stream=True)
+    client.send_headers(3, request, end_stream=True)
+    server.receive_data(client.data_to_send())
+    payload = struct.pack(">II", 1, 0)  # GOAWAY: last stream 1, NO_ERROR
+    goaway = struct.pack(">I", len(payload))[1:] + b"\x07\x00" + struct.pack(">I", 0) + payload
+    server.send_headers(1, [(":status", "200")])
+    server.send_data(1, b"done", end_stream=True)
+    events = client.receive_data(goaway + server.data_to_send())
+    kinds = [type(e) for e in events]
+    assert kinds[0] is h2.events.ConnectionTerminated
+    assert events[0].last_stream_id == 1
+    assert h2.events.ResponseReceived in kinds and h2.events.StreamEnded in kinds
+    data = [e for e in events if isinstance(e, h2.events.DataReceived)]
+    assert data and data[0].data == b"done"
+    client.acknowledge_received_data(data[0].flow_controlled_length, 1)  # still usable
