@@ -111,9 +111,14 @@ def _parser() -> argparse.ArgumentParser:
              "(default 20; quick 3)")
     add("--no-litellm", dest="litellm", action="store_false",
         help="skip the LiteLLM comparison even if LiteLLM is installed")
+    add("--no-reference", dest="reference", action="store_false",
+        help="skip the Node reference (antigravity-claude-proxy from npm) even if node exists")
     add("--workers", type=_list(str), default=("1", "2"), metavar="N,N,...",
         help="compare `gateway serve --workers N` for these N (each with state in Redis); "
              "'none' skips (default 1,2)")
+    add("--tls", action="store_true",
+        help="the emulator serves Cloud Code over HTTPS (HTTP/2 by ALPN, certificates made "
+             "at run time), as the real upstream: every proxy and the baseline use it")
     add("--rtt-ms", type=float, default=0.0, metavar="MS",
         help="a network round trip the emulator adds to each request (three on a new "
              "connection, for TCP and TLS), in ms (default 0: loopback)")
@@ -161,8 +166,10 @@ def parse_args(argv: Sequence[str]) -> Settings:
         idle_http=tuple(dict.fromkeys(args.idle_http or args.http)),
         disconnect_trials=max(args.disconnect_trials, 0),
         litellm=args.litellm,
+        reference=args.reference,
         workers=_workers(args.workers),
         rtt_ms=max(0.0, args.rtt_ms),
+        tls=args.tls,
         example=args.example,
         quick=args.quick,
         log_level=args.log_level,

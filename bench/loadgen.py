@@ -28,11 +28,28 @@ H2_STREAMS_PER_CONNECTION = 100  # httpcore's local SETTINGS_MAX_CONCURRENT_STRE
 REQUEST_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
+_EXTRA_CA: list[str] = []
+
+
+def trust_ca(path: str) -> None:
+    """Trust this CA too (the TLS profile's emulator certificate)."""
+    _EXTRA_CA.append(path)
+    _tls.cache_clear()
+
+
+def tls_context() -> ssl.SSLContext:
+    """The one TLS context of every client the harness makes (the run's CA trusted)."""
+    return _tls()
+
+
 @functools.cache
 def _tls() -> ssl.SSLContext:
-    # never used (every URL is http://), but httpx builds one per client unless given one,
-    # and loading the CA bundle 500 times takes longer than the run it prepares
-    return ssl.create_default_context()
+    # one context for every client: httpx builds one per client unless given one, and
+    # loading the CA bundle 500 times takes longer than the run it prepares
+    context = ssl.create_default_context()
+    for path in _EXTRA_CA:
+        context.load_verify_locations(path)
+    return context
 
 
 def new_client(http: Http, connections: int) -> httpx.AsyncClient:

@@ -221,9 +221,19 @@ def gateway_config_toml(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+@attrs.frozen(slots=True)
+class UpstreamAt:
+    """Where proxies reach the emulator: Cloud Code at `url` (https in the TLS profile,
+    trusting `ca_file`), OAuth always at the plain `oauth_url`."""
+
+    url: str
+    oauth_url: str
+    ca_file: str = ""
+
+
 async def write_gateway_config(
-    workdir: Path, emulator_url: str, port: int, *, keepalive_seconds: float, log_level: str,
-    redis_url: str = "",
+    workdir: Path, emulator_url: str | UpstreamAt, port: int, *, keepalive_seconds: float,
+    log_level: str, redis_url: str = "",
 ) -> Path:
     # upstream.read_timeout_seconds is raised so that idle streams (an emulator holding
     # every chunk back) stay open for the whole idle probe
@@ -231,6 +241,9 @@ async def write_gateway_config(
     from gateway.cli import write_demo_accounts
     from gateway.emulator import EMULATOR_CLIENT_ID, EMULATOR_CLIENT_SECRET
 
+    at = emulator_url if isinstance(emulator_url, UpstreamAt) else UpstreamAt(
+        emulator_url, emulator_url)
+    emulator_url = at.oauth_url
     accounts = workdir / f"accounts-{port}.json"
     await write_demo_accounts(str(accounts))
     config = gateway_config_toml(
@@ -242,7 +255,8 @@ async def write_gateway_config(
                 "shutdown_grace_seconds": 1.0,
                 "log_level": log_level,
             },
-            "upstream": {"base_urls": [emulator_url], "read_timeout_seconds": 900.0},
+            "upstream": {"base_urls": [at.url], "read_timeout_seconds": 900.0,
+                         **({"ca_file": at.ca_file} if at.ca_file else {})},
             "oauth": {
                 "client_id": EMULATOR_CLIENT_ID,
                 "client_secret": EMULATOR_CLIENT_SECRET,
@@ -260,11 +274,18 @@ async def write_gateway_config(
 
 
 @asynccontextmanager
-async def running_emulator(workdir: Path) -> AsyncIterator[Service]:
+async def running_emulator(
+    workdir: Path, tls: tuple[str, str] | None = None, tls_port: int = 0
+) -> AsyncIterator[Service]:
+    """The emulator on plain HTTP (its control surface, OAuth), and with `tls` (certificate
+    chain, key) on `tls_port` over HTTPS too, from the same state."""
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
+    argv = emulator_argv(port)
+    if tls is not None:
+        argv += ["--tls-cert", tls[0], "--tls-key", tls[1], "--tls-port", str(tls_port)]
     async with running(
-        "emulator", emulator_argv(port), url, workdir, ready_path="/__emulator/config"
+        "emulator", argv, url, workdir, ready_path="/__emulator/config"
     ) as service:
         yield service
 
@@ -272,7 +293,7 @@ async def running_emulator(workdir: Path) -> AsyncIterator[Service]:
 @asynccontextmanager
 async def running_gateway(
     workdir: Path,
-    emulator_url: str,
+    emulator_url: str | UpstreamAt,
     *,
     keepalive_seconds: float = 15.0,
     log_level: str = "warning",
@@ -340,6 +361,9 @@ async def running_litellm(workdir: Path, gateway_url: str, model: str) -> AsyncI
         f"      model: {json.dumps('openai/' + model)}\n"
         f"      api_base: {json.dumps(gateway_url + '/v1')}\n"
         '      api_key: "bench"\n'
+        # the current LiteLLM proxy refuses to start without a master key
+        "general_settings:\n"
+        '  master_key: "sk-bench"\n'
     )
     url = f"http://{LOOPBACK}:{port}"
     async with running(

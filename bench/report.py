@@ -55,6 +55,9 @@ class LoadRow:
     ratio_rps: float | None = None
     # new connections the emulator accepted during the timed run (after the warm-up)
     upstream_connections: int | None = None
+    # the proxy's CPU per successful request, and per upstream chunk it relayed
+    cpu_ms_per_request: float | None = None
+    cpu_us_per_chunk: float | None = None
 
     @property
     def kind(self) -> str:
@@ -143,6 +146,9 @@ def compare(rows: Sequence[LoadRow], notes: list[str]) -> None:
         if row.stream and base.events_per_response and row.proxy_cpu_seconds > 0:
             relayed = row.ok * base.events_per_response
             row.upstream_chunks_per_core_second = round(relayed / row.proxy_cpu_seconds, 1)
+            row.cpu_us_per_chunk = round(1e6 * row.proxy_cpu_seconds / relayed, 1)
+        if row.ok and row.proxy_cpu_seconds > 0:
+            row.cpu_ms_per_request = round(1000 * row.proxy_cpu_seconds / row.ok, 3)
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -164,7 +170,7 @@ def _cores(seconds: float, wall: float) -> str:
 ABSOLUTE_HEADER = (
     "http", "conc", "kind", "face", "ok/req", "req/s",
     "TTFB ms p50/p90/p99", "TTLB ms p50/p90/p99", "chunks/core-s", "cores proxy/emu/client",
-    "upstream conns/100 req",
+    "upstream conns/100 req", "proxy CPU ms/req (us/chunk)",
 )
 RELATIVE_HEADER = (
     "http", "conc", "kind", "face", "x req/s",
@@ -183,6 +189,8 @@ def absolute_table(rows: Sequence[LoadRow]) -> list[tuple[str, ...]]:
         proxy = "-" if r.face == "baseline" else _cores(r.proxy_cpu_seconds, r.seconds)
         conns = "-" if r.upstream_connections is None or not r.requests else (
             f"{100 * r.upstream_connections / r.requests:.1f}")
+        cpu = "-" if r.cpu_ms_per_request is None else f"{r.cpu_ms_per_request:.2f}" + (
+            f" ({r.cpu_us_per_chunk:.0f})" if r.cpu_us_per_chunk is not None else "")
         cores = "/".join(
             (proxy, _cores(r.emulator_cpu_seconds, r.seconds),
              _cores(r.client_cpu_seconds, r.seconds))
@@ -191,7 +199,7 @@ def absolute_table(rows: Sequence[LoadRow]) -> list[tuple[str, ...]]:
             (
                 r.http, str(r.level), r.kind, r.face,
                 f"{r.ok}/{r.requests}" + (" T/O" if r.timed_out else ""),
-                _fmt(r.rps), _triple(r.ttfb_ms), _triple(r.ttlb_ms), chunks, cores, conns,
+                _fmt(r.rps), _triple(r.ttfb_ms), _triple(r.ttlb_ms), chunks, cores, conns, cpu,
             )
         )
     return out
@@ -266,7 +274,8 @@ ABSOLUTE_LEGEND = (
     "SSE data events the client received per proxy CPU-second (in brackets: upstream chunks "
     "relayed per proxy CPU-second); cores = CPU-seconds per wall-second of each process; "
     "upstream conns/100 req = new connections the emulator accepted per 100 timed requests "
-    "(after the warm-up: in steady state a proxy with warm upstream connections opens none)."
+    "(after the warm-up: in steady state a proxy with warm upstream connections opens none); "
+    "proxy CPU ms/req (us/chunk) = the proxy's CPU per request, and per upstream chunk."
 )
 RELATIVE_LEGEND = (
     "Each proxy row against the baseline row of the same HTTP version, concurrency and kind: "
@@ -341,6 +350,9 @@ def render_markdown(result: dict[str, Any], rows: Sequence[LoadRow]) -> str:
     litellm = result.get("litellm") or {}
     if litellm.get("note"):
         parts += ["## LiteLLM", "", str(litellm["note"]), ""]
+    node = result.get("reference") or {}
+    if node.get("note"):
+        parts += ["## Node reference", "", str(node["note"]), ""]
     workers = result.get("workers") or {}
     if workers.get("note"):
         parts += ["## Workers (1 vs N processes, shared state in Redis)", "",

@@ -28,11 +28,14 @@ import attrs
 import httpx
 import trio
 
-from bench.loadgen import Http, client_set, run_load
+from bench.loadgen import Http, client_set, run_load, tls_context, trust_ca
 from bench.probes import DisconnectResult, IdleResult, disconnect_latency, idle_streams
 from bench.procs import (
+    LOOPBACK,
     Service,
     StartError,
+    UpstreamAt,
+    free_port,
     running_emulator,
     running_gateway,
     running_litellm,
@@ -78,11 +81,15 @@ class Settings:
     idle_http: tuple[Http, ...] = ("1.1", "h2c")
     disconnect_trials: int = 20
     litellm: bool = True
+    reference: bool = True  # the Node reference (antigravity-claude-proxy), if node/npm exist
     # `serve --workers N` runs compared (each with state in Redis); () skips the phase
     workers: tuple[int, ...] = (1, 2)
     # a network's round trip the emulator adds per request (three on a new connection: TCP and
     # TLS handshakes), in milliseconds; 0: loopback as it is
     rtt_ms: float = 0.0
+    # Cloud Code over HTTPS (certificates made with trustme; HTTP/2 by ALPN, as the real
+    # upstream): the baseline, the gateway and the Node reference all reach it so
+    tls: bool = False
     example: bool = False
     quick: bool = False
     log_level: str = "warning"
@@ -106,9 +113,25 @@ class Rig:
     workdir: Path
     started: float
     notes: list[str]
+    at: UpstreamAt  # where proxies reach Cloud Code (and OAuth)
 
     def progress(self, text: str) -> None:
         print(f"[{trio.current_time() - self.started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def _certificates(workdir: Path) -> tuple[str, str, str]:
+    """(CA file, certificate chain, key) for the emulator's HTTPS, made now (trustme)."""
+    import trustme
+
+    authority = trustme.CA()
+    cert = authority.issue_cert(LOOPBACK, "localhost")
+    ca, chain, key = workdir / "ca.pem", workdir / "emulator.pem", workdir / "emulator.key"
+    authority.cert_pem.write_to_path(str(ca))
+    cert.private_key_pem.write_to_path(str(key))
+    with chain.open("wb") as out:
+        for blob in cert.cert_chain_pems:
+            out.write(blob.bytes())
+    return str(ca), str(chain), str(key)
 
 
 def raise_fd_limit() -> int:
@@ -224,7 +247,7 @@ async def check_answers(rig: Rig, settings: Settings) -> None:
     if rig.gateway is not None:
         targets += [gateway_target(face, rig.gateway.url, settings.model, stream=True)
                     for face in settings.faces]
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, verify=tls_context()) as http:
         for target in targets:
             response = await http.post(target.url, content=target.body,
                                        headers=list(target.headers))
@@ -294,6 +317,43 @@ async def litellm_phase(
     return rows, {"status": "measured", "note": note}
 
 
+async def reference_phase(
+    rig: Rig, settings: Settings, workdir: Path
+) -> tuple[list[LoadRow], dict[str, Any]]:
+    """The same load through the Node reference (its Anthropic API, HTTP/1.1 only)."""
+    from bench import reference
+
+    if not settings.reference:
+        return [], {"status": "off", "note": "Node reference turned off (--no-reference)."}
+    reason = reference.missing_reason()
+    if reason is not None:
+        return [], {"status": "skipped",
+                    "note": f"the Node reference was skipped: {reason}."}
+    rows: list[LoadRow] = []
+    try:
+        async with reference.running_reference(workdir, rig.at) as node:
+            rig.progress(f"node reference pid {node.pid} at {node.url}")
+            for stream in settings.kinds:
+                for level in settings.levels:
+                    target = attrs.evolve(
+                        anthropic_target(node.url, settings.model, stream=stream),
+                        face="node-ref")
+                    rows.append(await measure(rig, node, target, settings, http="1.1",
+                                              level=level))
+                    _check_alive(rig, rig.emulator, node)
+            rig.notes.extend(_log_notes(node))
+    except (StartError, RuntimeError, OSError) as exc:
+        note = f"the Node reference failed: {type(exc).__name__}: {exc}"
+        return rows, {"status": "failed", "note": note[:2000]}
+    note = (
+        f"Node reference: the published {reference.PACKAGE} {reference.VERSION} (npm, "
+        f"node {reference.node_version()}), its endpoints, OAuth client and User-Agent "
+        "pointed at the emulator in the bench's copy only; rows node-ref, its Anthropic API "
+        "over HTTP/1.1 (it serves no h2c), compared with the same baseline."
+    )
+    return rows, {"status": "measured", "note": note}
+
+
 async def workers_phase(
     rig: Rig, settings: Settings, workdir: Path
 ) -> tuple[list[LoadRow], dict[str, Any]]:
@@ -314,7 +374,7 @@ async def workers_phase(
         async with running_redis(workdir) as redis:
             for count in settings.workers:
                 async with running_gateway(
-                    workdir, rig.emulator.url, log_level=settings.log_level,
+                    workdir, rig.at, log_level=settings.log_level,
                     name=f"gateway-{count}w", redis_url=redis.url, workers=count,
                 ) as gateway:
                     await _workers_ready(gateway.url, count)
@@ -405,7 +465,7 @@ async def idle_phase(rig: Rig, settings: Settings) -> list[IdleResult]:
     results = []
     for http in settings.idle_http:
         async with running_gateway(
-            rig.workdir, rig.emulator.url, log_level=settings.log_level, name=f"gateway-idle-{http}"
+            rig.workdir, rig.at, log_level=settings.log_level, name=f"gateway-idle-{http}"
         ) as gateway:
             target = gateway_target(face, gateway.url, settings.model, stream=True)
             # a few whole answers first, so start-up allocations are not counted per stream
@@ -488,20 +548,26 @@ async def run_bench(
             "(each needs a client and an upstream socket): raise `ulimit -n`"
         )
     async with AsyncExitStack() as stack:
-        emulator = await stack.enter_async_context(running_emulator(workdir))
+        tls, tls_port = (_certificates(workdir), free_port()) if settings.tls else (None, 0)
+        emulator = await stack.enter_async_context(
+            running_emulator(workdir, tls[1:] if tls else None, tls_port))
+        at = UpstreamAt(f"https://{LOOPBACK}:{tls_port}" if tls else emulator.url,
+                        emulator.url, tls[0] if tls else "")
+        if tls:
+            trust_ca(tls[0])
         # tokens outlive the run, so the baseline's token never expires mid-measurement
         await configure_emulator(
             emulator.url,
             StreamShape(settings.chunk_delay, settings.chunks, settings.chunk_chars),
             token_lifetime_seconds=24 * 3600,
         )
-        upstream = await fetch_upstream(emulator.url)
+        upstream = attrs.evolve(await fetch_upstream(emulator.url), url=at.url)
         gateway = None
         if settings.faces:
             gateway = await stack.enter_async_context(
-                running_gateway(workdir, emulator.url, log_level=settings.log_level)
+                running_gateway(workdir, at, log_level=settings.log_level)
             )
-        rig = Rig(emulator, gateway, upstream, workdir, trio.current_time(), notes)
+        rig = Rig(emulator, gateway, upstream, workdir, trio.current_time(), notes, at)
         rig.progress(
             f"emulator pid {emulator.pid} at {emulator.url}"
             + (f", gateway pid {gateway.pid} at {gateway.url}" if gateway else "")
@@ -512,6 +578,8 @@ async def run_bench(
         rows += litellm_rows
         workers_rows, workers = await workers_phase(rig, settings, workdir)
         rows += workers_rows
+        reference_rows, node = await reference_phase(rig, settings, workdir)
+        rows += reference_rows
         disconnect = await disconnect_phase(rig, settings)
         idle = await idle_phase(rig, settings)
         processes = {
@@ -526,6 +594,8 @@ async def run_bench(
         notes.append(str(litellm["note"]))
     if workers.get("status") not in ("measured", "off"):
         notes.append(str(workers["note"]))
+    if node.get("status") not in ("measured", "off"):
+        notes.append(str(node["note"]))
     result = {
         "meta": {
             "started_at": started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -543,5 +613,6 @@ async def run_bench(
         "disconnect": [d.to_json() for d in disconnect],
         "litellm": litellm,
         "workers": workers,
+        "reference": node,
     }
     return result, rows

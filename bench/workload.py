@@ -73,7 +73,9 @@ def openai_target(
         "stream": stream,
         "messages": [{"role": "user", "content": PROMPT}],
     }
-    headers = (("content-type", "application/json"), ("authorization", "Bearer bench"))
+    # "sk-bench": the LiteLLM proxy's master key (it refuses to start without one); the
+    # gateway without API keys takes any
+    headers = (("content-type", "application/json"), ("authorization", "Bearer sk-bench"))
     return Target(face, stream, f"{base_url}/v1/chat/completions", headers, _encode(body))
 
 

@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     emu = sub.add_parser("emulator", help="run the Cloud Code + OAuth emulator alone")
     emu.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     emu.add_argument("--port", type=int, default=8090, help="port (default 8090)")
+    emu.add_argument("--tls-cert", metavar="PEM", help="with --tls-key: also serve HTTPS "
+                     "(HTTP/2 by ALPN) with this certificate chain")
+    emu.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    emu.add_argument("--tls-port", type=int, default=0,
+                     help="the HTTPS port (default: a free one, printed)")
 
     accounts = sub.add_parser("accounts", help="manage Google accounts", parents=[config_option])
     acc = accounts.add_subparsers(dest="action", required=True)
@@ -238,7 +243,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if command == "emulator":
         from gateway.emulator import main_emulator
 
-        main_emulator(args.host, args.port)
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+        main_emulator(args.host, args.port, tls=tls, tls_port=args.tls_port)
         return 0
     if command == "accounts":
         return _accounts(args, config)

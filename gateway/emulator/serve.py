@@ -69,7 +69,8 @@ async def serve_emulator(
     )
 
 
-async def _main(host: str, port: int) -> None:
+async def _main(host: str, port: int, tls: tuple[str, str] | None = None,
+                tls_port: int = 0) -> None:
     state = EmulatorState.with_demo_accounts()
     # Ctrl-C and SIGTERM end the server by cancellation, not by a KeyboardInterrupt in
     # whatever task happens to run.
@@ -77,6 +78,12 @@ async def _main(host: str, port: int) -> None:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve_emulator, state, host=host, port=port))
             print(f"emulator listening on {url}", flush=True)
+            if tls is not None:
+                # the same state over HTTPS too (h2 by ALPN), for Cloud Code as the real
+                # one is served; OAuth clients that trust only public CAs keep plain HTTP
+                secure = await nursery.start(partial(serve_emulator, state, host=host,
+                                                     port=tls_port, tls=tls))
+                print(f"emulator listening on {secure}", flush=True)
             print(
                 f"control surface: {url}/__emulator (faults, requests, streams, accounts, "
                 "quota, config, reset; see docs/emulator.md)",
@@ -87,9 +94,10 @@ async def _main(host: str, port: int) -> None:
             nursery.cancel_scope.cancel()
 
 
-def main_emulator(host: str, port: int) -> None:
+def main_emulator(host: str, port: int, *, tls: tuple[str, str] | None = None,
+                  tls_port: int = 0) -> None:
     """The `gateway emulator` command: serve until Ctrl-C (or SIGTERM)."""
     # a KeyboardInterrupt can only come before the signal receiver is installed
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(_main, host, port)
+        trio.run(_main, host, port, tls, tls_port)
     print("emulator stopped", flush=True)
