@@ -31,7 +31,8 @@ def test_bench_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     (md_path,) = tmp_path.glob("*.md")
     assert json_path.stem == md_path.stem
     result = json.loads(json_path.read_text())
-    assert set(result) == {"meta", "load", "idle", "disconnect", "litellm", "workers"}
+    assert set(result) == {"meta", "load", "idle", "disconnect", "litellm", "workers",
+                           "reference"}
     assert {"started_at", "host", "settings", "notes", "command"} <= set(result["meta"])
     assert {"cpus", "python", "platform"} <= set(result["meta"]["host"])
 
@@ -62,6 +63,9 @@ def test_bench_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert result["workers"]["status"] == "measured", result["workers"]
     for workers in ("workers-1", "workers-2"):
         assert ("1.1", True, 2, workers) in faces
+    # the Node reference from npm (node and npm are there wherever the suite runs)
+    assert result["reference"]["status"] == "measured", result["reference"]
+    assert ("1.1", True, 2, "node-ref") in faces and ("1.1", False, 1, "node-ref") in faces
 
     markdown = md_path.read_text()
     for heading in ("## Load: absolute figures", "## Load: against the baseline",
