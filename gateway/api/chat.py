@@ -722,20 +722,31 @@ async def _write_stream(
         if opening:
             await _body(send, opening)
 
+    pending: list[bytes] = []  # rendered, not yet written: what is ready goes in one write
+
     async with items:
         while True:
-            with trio.move_on_after(keepalive) as waited:
-                try:
-                    item = await items.receive()
-                except trio.EndOfChannel:
-                    break
-            if waited.cancelled_caught:
-                # Nothing from upstream for a while (long thinking, a cooldown wait):
-                # commit and keep idle proxies from cutting the connection.
-                if not committed:
-                    await commit()
-                await _body(send, renderer.keepalive())
-                continue
+            try:
+                item = items.receive_nowait()
+            except trio.WouldBlock:
+                if pending:
+                    await _body(send, b"".join(pending))
+                    pending = []
+                # the idle deadline is armed only when there is nothing to write
+                with trio.move_on_after(keepalive) as waited:
+                    try:
+                        item = await items.receive()
+                    except trio.EndOfChannel:
+                        break
+                if waited.cancelled_caught:
+                    # Nothing from upstream for a while (long thinking, a cooldown wait):
+                    # commit and keep idle proxies from cutting the connection.
+                    if not committed:
+                        await commit()
+                    await _body(send, renderer.keepalive())
+                    continue
+            except trio.EndOfChannel:
+                break
             if isinstance(item, _Opened):
                 outcome.account, outcome.model = item.account_handle, item.model_id
                 continue
@@ -745,7 +756,7 @@ async def _write_stream(
                     outcome.status = item.error.status
                     await send_error(send, dialect, item.error)
                     return
-                await _body(send, renderer.error(item.error))
+                pending.append(renderer.error(item.error))
                 break
             if not committed:
                 await commit()
@@ -754,13 +765,17 @@ async def _write_stream(
             ended = any(isinstance(e, c.MessageEnd) for e in item)
             if ended:
                 chunk += renderer.close()
+            if chunk:
+                pending.append(chunk)
+            if ended:
                 # the client has its whole answer once this is written; if it hangs up
                 # before the final empty frame, that is not a disconnect mid-answer
                 outcome.finished = True
-            if chunk:
-                await _body(send, chunk)
-            if ended:
+                await _body(send, b"".join(pending))
+                pending = []
                 await renderer.finish()
+    if pending:
+        await _body(send, b"".join(pending))
     if not committed:  # pump ended without a word: cannot happen, but never hang the client
         await send_error(send, dialect, errors.UpstreamError("upstream ended without answer"))
         return

@@ -130,7 +130,7 @@ class Transport:
         ping_seconds: float = 30.0,
         ping_timeout_seconds: float = 10.0,
         idle_seconds: float = 300.0,
-        max_idle_h1: int = 64,
+        max_idle_h1: int = 1024,
     ) -> None:
         self.ssl_context = ssl_context
         ssl_context.set_alpn_protocols(["h2", "http/1.1"])
@@ -630,12 +630,18 @@ class _H2Response(Response):
         timeout = connection.transport.read_timeout
         while True:
             if stream.chunks:
-                data, length = stream.chunks.popleft()
+                # everything that came meanwhile: one chunk, one acknowledgement
+                pieces, length = [], 0
+                while stream.chunks:
+                    data, flow = stream.chunks.popleft()
+                    pieces.append(data)
+                    length += flow
                 if length and not connection.closed and stream.id in connection.streams:
                     connection.h2.acknowledge_received_data(length, stream.id)
                     await connection.flush()
-                if data:
-                    yield data
+                joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                if joined:
+                    yield joined
                 continue
             if stream.error is not None:
                 raise stream.error
@@ -758,21 +764,46 @@ class _H1Response(Response):
         self.headers = headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: what one socket read brought is one chunk (events
+        h11 already holds are taken without waiting; the read deadline is armed only when
+        the socket must be read)."""
         connection = self._connection
         if connection is None:
             return
+        h11_connection, stream = connection.h11, connection.stream
         timeout = connection.transport.read_timeout
+        pending: list[bytes] = []
         while True:
-            with trio.move_on_after(timeout) as waited:
-                event = await connection._next_event()
-            if waited.cancelled_caught:
-                raise TransportTimeout("stream stalled")
+            try:
+                event = h11_connection.next_event()
+            except h11.RemoteProtocolError:
+                raise TransportError("stream broken: malformed HTTP/1.1 answer") from None
             if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+                pending.append(bytes(event.data))
+                continue
+            if event is h11.NEED_DATA:
+                if pending:
+                    yield b"".join(pending) if len(pending) > 1 else pending[0]
+                    pending = []
+                with trio.move_on_after(timeout) as waited:
+                    try:
+                        data = await stream.receive_some(READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError,
+                            OSError) as exc:
+                        raise TransportError(f"stream broken: {type(exc).__name__}") from None
+                if waited.cancelled_caught:
+                    raise TransportTimeout("stream stalled")
+                h11_connection.receive_data(bytes(data))
+                continue
+            if pending:
+                yield b"".join(pending)
+                pending = []
+            if isinstance(event, h11.EndOfMessage):
                 self._connection = None
                 connection.done()
                 return
+            if isinstance(event, h11.ConnectionClosed):
+                raise TransportError("stream broken: the upstream closed the connection")
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None
