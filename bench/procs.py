@@ -254,6 +254,8 @@ async def write_gateway_config(
                 "keepalive_seconds": keepalive_seconds,
                 "shutdown_grace_seconds": 1.0,
                 "log_level": log_level,
+                # the idle probe holds thousands of streams at once (the default admits 512)
+                "max_concurrent_requests": 10_000,
             },
             "upstream": {"base_urls": [at.url], "read_timeout_seconds": 900.0,
                          **({"ca_file": at.ca_file} if at.ca_file else {})},

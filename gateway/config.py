@@ -101,6 +101,9 @@ class UpstreamConfig:
     # CA certificates (PEM) to trust for the upstream instead of the system's (a TLS
     # inspecting proxy, a test upstream). Empty: the system's trust store.
     ca_file: str = ""
+    # Generation calls speak HTTP/2 where the upstream's TLS offers it (one warm connection
+    # for every stream); false: HTTP/1.1 keep-alive connections, one per open stream.
+    http2: bool = True
     connect_timeout_seconds: float = 10.0
     # Longest silence tolerated between two bytes of an upstream response.
     read_timeout_seconds: float = 120.0

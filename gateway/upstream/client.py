@@ -144,6 +144,7 @@ def make_transport(config: UpstreamConfig) -> Transport:
         ssl_context=upstream_ssl_context(config),
         connect_timeout=config.connect_timeout_seconds,
         read_timeout=config.read_timeout_seconds,
+        http2=config.http2,
     )
 
 

@@ -131,9 +131,11 @@ class Transport:
         ping_timeout_seconds: float = 10.0,
         idle_seconds: float = 300.0,
         max_idle_h1: int = 1024,
+        http2: bool = True,
     ) -> None:
         self.ssl_context = ssl_context
-        ssl_context.set_alpn_protocols(["h2", "http/1.1"])
+        self.http2 = http2
+        ssl_context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.ping_seconds = ping_seconds
@@ -196,7 +198,7 @@ class Transport:
         self, origin: Origin, method: str, target: str, headers: list[tuple[str, str]],
         body: bytes,
     ) -> Response:
-        if origin.scheme == "https" and origin not in self._h1_only:
+        if origin.scheme == "https" and self.http2 and origin not in self._h1_only:
             connection = await self._h2_connection(origin)
             if connection is not None:
                 return await connection.request(method, target, headers, body)

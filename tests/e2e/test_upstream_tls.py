@@ -97,3 +97,36 @@ def test_a_ca_file_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
         load_config(environ={"GATEWAY_UPSTREAM_CA_FILE": str(bogus)})
     with pytest.raises(ConfigError, match=r"upstream\.ca_file"):
         load_config(environ={"GATEWAY_UPSTREAM_CA_FILE": str(tmp_path / "missing.pem")})
+
+
+@pytest.mark.parametrize("http2", [True, False], ids=["h2", "h1"])
+async def test_a_client_gone_mid_stream_closes_its_upstream_stream_at_once(
+    start_gateway: Callable[..., Any], ca: tuple[Path, tuple[str, str]], oauth: dict[str, str],
+    http2: bool,
+) -> None:
+    """Over HTTP/2 the stream is reset and the connection kept for the next request; over
+    HTTP/1.1 (upstream.http2 off) the connection is closed. Either way the emulator sees the
+    stream end as the client leaves, and the gateway holds no upstream stream open."""
+    gateway: RunningGateway = await start_gateway(
+        upstream={"ca_file": str(ca[0]), "http2": http2}, oauth=oauth)
+    state = gateway.emulator.state
+    state.rtt_seconds = 0.0
+    async with httpx.AsyncClient(timeout=30) as http:  # a warm connection first
+        assert (await http.post(gateway.url + "/v1/chat/completions",
+                                json=BODY)).status_code == 200
+    state.configure({"chunk_delay_seconds": 0.2, "text_chunks": 100})
+    for _ in range(3):
+        async with httpx.AsyncClient(timeout=30) as http, http.stream(
+                "POST", gateway.url + "/v1/chat/completions",
+                json={**BODY, "stream": True}) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break  # the first event: the client goes
+        with trio.fail_after(2):
+            while state.open_streams:
+                await trio.sleep(0.005)
+    transport = gateway.services.client.transport
+    assert transport.stats()["h2_streams"] == 0
+    if http2:
+        assert transport.stats()["h2_connections"] == 1
