@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,27 +68,35 @@ class Demo:
         return [r["body"] for r in found.json()]
 
 
-def start_demo(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[str], Demo]:
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp), "PYTHONUNBUFFERED": "1", **extra_env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "demo", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
+def launch(argv: list[str], env: dict[str, str], ready: Callable[[str], bool],
+           seconds: float = 30) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a process, collect its output lines (in a thread), and return once a line
+    satisfies `ready` (or it ended, or `seconds` passed: the caller checks the lines)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     lines: list[str] = []
-    ready = threading.Event()
+    seen = threading.Event()
     assert proc.stdout is not None
     stdout = proc.stdout
 
     def read() -> None:
         for line in stdout:
             lines.append(line)
-            if "Press Ctrl+C" in line:
-                ready.set()
-        ready.set()
+            if ready(line):
+                seen.set()
+        seen.set()
 
     threading.Thread(target=read, daemon=True).start()
-    assert ready.wait(30), "gateway demo did not start"
+    seen.wait(seconds)
+    return proc, lines
+
+
+def start_demo(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[str], Demo]:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp), "PYTHONUNBUFFERED": "1", **extra_env}
+    proc, lines = launch([sys.executable, "-m", "gateway", "demo", "--port", "0"], env,
+                         lambda line: "Press Ctrl+C" in line)
     banner = "".join(lines)
+    assert "Press Ctrl+C" in banner, "gateway demo did not start"
     url = re.search(r"base URL \(Anthropic\):\s+(http://\S+)", banner)
     emulator = re.search(r"built-in emulator at (http://[0-9.:]+)", banner)
     assert url and emulator, f"gateway demo printed no URLs:\n{banner}"

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+
+from tests.clis import launch
 
 
 def free_port() -> int:
@@ -182,27 +183,12 @@ def start_replica(name: str, config: Path, home: Path,
     """Start `gateway serve` (blocking until it listens: call it from a thread)."""
     env = {**os.environ, "XDG_CONFIG_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("GATEWAY_CONFIG", None)
-    proc = subprocess.Popen(
+    marker = "gateway listening on "
+    proc, lines = launch(
         [sys.executable, "-m", "gateway", "--config", str(config), "serve", "--port", "0",
-         *extra_args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    lines: list[str] = []
-    found: list[str] = []
-    ready = threading.Event()
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    def read() -> None:
-        for line in stdout:
-            lines.append(line)
-            if "gateway listening on " in line and not found:
-                found.append(line.split("gateway listening on ", 1)[1].split()[0])
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(30) or not found:
+         *extra_args], env, lambda line: marker in line)
+    found = [line.split(marker, 1)[1].split()[0] for line in lines if marker in line]
+    if not found:
         proc.kill()
         raise AssertionError(f"replica {name} did not start:\n{''.join(lines)}")
     return Replica(name, proc, found[0], lines)

@@ -298,19 +298,37 @@ async def _read_bounded(response: httpx.Response) -> str:
     return b"".join(chunks)[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
 
 
-async def _payloads(response: httpx.Response, base_url: str) -> AsyncIterator[dict[str, Any]]:
+def _payloads(response: httpx.Response, base_url: str) -> AsyncIterator[dict[str, Any]]:
+    return _sse_payloads(response.aiter_raw(), base_url, _httpx_failure)
+
+
+def _httpx_failure(exc: Exception) -> str | None:
+    if isinstance(exc, httpx.TimeoutException):
+        return "stream stalled"
+    if isinstance(exc, httpx.TransportError):
+        return f"stream broken: {type(exc).__name__}"
+    return None
+
+
+async def _sse_payloads(
+    chunks: AsyncIterator[bytes], base_url: str, failure: Callable[[Exception], str | None]
+) -> AsyncIterator[dict[str, Any]]:
+    """The decoded SSE payloads of a body; a transport failure (what `failure` names) is
+    an UpstreamHTTPError with status 0. One generator: no extra hop per payload."""
     parser = SSEParser()
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in chunks:
             for event in parser.feed(chunk):
                 payload = _decode(event.data, base_url)
                 if payload is not None:
                     yield payload
-    except httpx.TimeoutException:
-        raise UpstreamHTTPError(0, "stream stalled", base_url=base_url) from None
-    except httpx.TransportError as exc:
-        broken = f"stream broken: {type(exc).__name__}"
-        raise UpstreamHTTPError(0, broken, base_url=base_url) from None
+    except UpstreamHTTPError:
+        raise
+    except Exception as exc:
+        reason = failure(exc)
+        if reason is None:
+            raise
+        raise UpstreamHTTPError(0, reason, base_url=base_url) from None
     for event in parser.close():
         payload = _decode(event.data, base_url)
         if payload is not None:
@@ -325,22 +343,16 @@ def _failure_text(exc: TransportError) -> str:
     return text
 
 
-async def _transport_payloads(response: Response, base_url: str) -> AsyncIterator[dict[str, Any]]:
-    parser = SSEParser()
-    try:
-        async for chunk in response.chunks():
-            for event in parser.feed(chunk):
-                payload = _decode(event.data, base_url)
-                if payload is not None:
-                    yield payload
-    except TransportTimeout:
-        raise UpstreamHTTPError(0, "stream stalled", base_url=base_url) from None
-    except TransportError as exc:
-        raise UpstreamHTTPError(0, _failure_text(exc), base_url=base_url) from None
-    for event in parser.close():
-        payload = _decode(event.data, base_url)
-        if payload is not None:
-            yield payload
+def _transport_payloads(response: Response, base_url: str) -> AsyncIterator[dict[str, Any]]:
+    return _sse_payloads(response.chunks(), base_url, _transport_failure_reason)
+
+
+def _transport_failure_reason(exc: Exception) -> str | None:
+    if isinstance(exc, TransportTimeout):
+        return "stream stalled"
+    if isinstance(exc, TransportError):
+        return _failure_text(exc)
+    return None
 
 
 def _decode(data: str, base_url: str) -> dict[str, Any] | None:

@@ -375,15 +375,22 @@ def _replica_ids(replica: Replica, connections: int = 30) -> set[str]:
     return {str(replica.health()["replica"]) for _ in range(connections)}
 
 
-async def test_serve_workers_share_one_socket_and_the_pool(
-    emulator: RunningEmulator, redis_server: RedisServer, tmp_path: Path
-) -> None:
+async def start_workers(emulator: RunningEmulator, redis_server: RedisServer,
+                        tmp_path: Path) -> tuple[Replica, Path]:
+    """`gateway serve --workers 2` on shared state; its config file, to break it."""
     accounts = tmp_path / "accounts.json"
     await write_demo_accounts(str(accounts))
     config = tmp_path / "workers.toml"
     replica_config(config, emulator=emulator.url, accounts=accounts, redis=redis_server.url)
     server = await trio.to_thread.run_sync(partial(
         start_replica, "W", config, tmp_path, ("--workers", "2")))
+    return server, config
+
+
+async def test_serve_workers_share_one_socket_and_the_pool(
+    emulator: RunningEmulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    server, _ = await start_workers(emulator, redis_server, tmp_path)
     try:
         await until(lambda: len(_replica_ids(server)) == 2, "both workers answer")
         workers = _children(server.proc.pid)
@@ -538,12 +545,7 @@ def test_a_redis_url_that_cannot_work_is_refused_without_showing_it(tmp_path: Pa
 async def test_workers_that_cannot_stay_up_stop_the_gateway(
     emulator: RunningEmulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    accounts = tmp_path / "accounts.json"
-    await write_demo_accounts(str(accounts))
-    config = tmp_path / "workers.toml"
-    replica_config(config, emulator=emulator.url, accounts=accounts, redis=redis_server.url)
-    server = await trio.to_thread.run_sync(partial(
-        start_replica, "W", config, tmp_path, ("--workers", "2")))
+    server, config = await start_workers(emulator, redis_server, tmp_path)
     try:
         config.write_text("this is [not toml")  # every new worker fails at once
         for pid in _children(server.proc.pid):
