@@ -190,9 +190,13 @@ async def _sealing_key(config: Config) -> bytes:
     except ValueError as exc:
         raise ConfigError(f"config key 'responses.key_file': {exc}") from None
     except OSError as exc:
+        replicas = (
+            "; replicas must share one file, made once with `gateway secret` (sealed "
+            "reasoning and dashboard sessions do not carry across replicas meanwhile)"
+            if config.state.redis_url or config.server.workers > 1 else "")
         log.warning("the sealing key %s cannot be read or written (%s): using one for this "
-                    "run only, so reasoning sealed now cannot be opened after a restart",
-                    path, exc.strerror or type(exc).__name__)
+                    "run only, so reasoning sealed now cannot be opened after a restart%s",
+                    path, exc.strerror or type(exc).__name__, replicas)
         return secrets.token_bytes(32)
 
 

@@ -485,6 +485,7 @@ def _secret(config: Config) -> int:
     from gateway.sealing import load_or_create_secret
 
     path = sealing_key_path(config)
+    existed = path.exists()
     try:
         load_or_create_secret(path)
     except ValueError as exc:
@@ -493,7 +494,9 @@ def _secret(config: Config) -> int:
         print(f"gateway: cannot make {path}: {exc.strerror or type(exc).__name__}",
               file=sys.stderr)
         return 1
-    print(path)
+    print("gateway: the secret was there already" if existed else "gateway: made the secret",
+          file=sys.stderr)
+    print(path)  # alone on stdout: scripts take it from there
     return 0
 
 
@@ -507,6 +510,8 @@ def _usage(args: argparse.Namespace, config: Config) -> int:
 
     paths = [Path(p).expanduser() for p in args.file] if args.file else [
         history.usage_path(_demo_usage(config) if args.demo else config)]
+    # the same file named twice (or by two names) is counted once
+    paths = list({os.path.realpath(p): p for p in paths}.values())
     path = paths[0]
     now = time.time()
     try:
@@ -523,8 +528,8 @@ def _usage(args: argparse.Namespace, config: Config) -> int:
             history.merged_for_reading(paths))
     except FileNotFoundError as exc:
         missing = exc.args[0] if exc.args else path
-        print(f"gateway: no usage history at {missing} yet (the gateway makes it when it "
-              "starts; usage.file says where)", file=sys.stderr)
+        print(f"gateway: no usage history at {missing} (a gateway makes it when it starts, "
+              "where it can write; usage.file says where)", file=sys.stderr)
         return 1
     except (OSError, sqlite3.Error, history.UsageSchemaError) as exc:
         where = ", ".join(str(p) for p in paths)

@@ -84,7 +84,8 @@ async def serve_workers(
     gave_up = trio.Event()
     env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno()), PARENT_ENV: str(os.getpid()),
            "GATEWAY_SERVER_WORKERS": "1"}
-    command = [sys.executable, "-m", "gateway", *child_args]
+    # -P: the installed gateway, never a `gateway` directory the parent was started in
+    command = [sys.executable, "-P", "-m", "gateway", *child_args]
 
     async def keep_running(index: int) -> None:
         failures = 0

@@ -33,14 +33,21 @@ def test_the_compose_example_configures_real_keys_and_commands() -> None:
         env = {k: v if "${" not in str(v) else "x" for k, v in service["environment"].items()}
         config = load_config(environ=env)  # an unknown or bad key would raise
         assert config.state.redis_url == "redis://redis:6379/0"
-        assert config.accounts.file.startswith("/shared/")
-        assert config.responses.key_file.startswith("/shared/")
-        assert "/shared:ro" in " ".join(service["volumes"])
+        assert config.accounts.file.startswith("/data/shared/")
+        assert config.responses.key_file.startswith("/data/shared/")
+        assert config.usage.file.startswith("/data/usage/")
+        assert "shared:/data/shared:ro" in service["volumes"]
+        assert service["restart"] == "unless-stopped"
         _parser().parse_args(service["command"])
     admin = services["admin"]
-    assert "shared:/shared" in admin["volumes"]  # the one writer, not read-only
+    assert "shared:/data/shared" in admin["volumes"]  # the one writer, not read-only
     for command in (["secret"], ["accounts", "add", "--no-browser"], ["usage"]):
         _parser().parse_args(command)
     caddy = _block("# Caddyfile")
     assert all(f"{name}:8080" in caddy for name in replicas)
     assert "health_uri /health" in caddy and "flush_interval -1" in caddy
+    assert "lb_try_duration" in caddy  # a draining replica is not a 502
+    # the volumes' mount points exist in the image, owned by its user (so new named
+    # volumes are the gateway's too)
+    containerfile = (README.parent / "Containerfile").read_text()
+    assert "/data/shared" in containerfile and "/data/usage" in containerfile

@@ -68,6 +68,9 @@ if TYPE_CHECKING:
 __all__ = ["RedisResponseStore", "RedisStateStore", "StateStore", "open_state_store"]
 
 log = logging.getLogger("gateway.state")
+# coredis logs each retry, lost connection and cancelled connect (with tracebacks); an
+# outage is reported here instead, once, with its reason
+logging.getLogger("coredis").setLevel(logging.CRITICAL)
 
 Mode = Literal["local", "redis", "local-fallback"]
 JSONDict = dict[str, Any]
@@ -79,6 +82,8 @@ MAX_OUTBOX = 10_000
 INVALID_MARK_TTL_SECONDS = 7 * 24 * 3600.0
 MAX_SIGNATURES_PER_SESSION = 512
 OUTAGE_REMINDER_SECONDS = 300.0
+# The longest a replica's start waits for Redis before serving on its own state.
+FIRST_CONNECT_SECONDS = 3.0
 SLOW_READS_IN_A_ROW = 3
 # A cooldown longer than this is nobody's real news (a quota resets within a week).
 MAX_COOLDOWN_SECONDS = 7 * 24 * 3600.0
@@ -292,9 +297,10 @@ class RedisStateStore(StateStore):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Stay connected to Redis until cancelled: subscribe, write, hold the lease.
 
-        Reports started after the first attempt to connect (and resync), whether or not it
-        worked: a replica with Redis down still serves, on its own state. Cancelled (the
-        gateway stopping), it hands the probe lease back on a connection of its own.
+        Reports started once connected and resynced, or when the first attempt failed, or
+        after `FIRST_CONNECT_SECONDS` at the latest: a replica whose Redis is down, hung or
+        unknown starts anyway, on its own state. Cancelled (the gateway stopping), it hands
+        the probe lease back on a connection of its own.
         """
         started = False
 
@@ -304,20 +310,26 @@ class RedisStateStore(StateStore):
                 started = True
                 task_status.started()
 
+        async def report_soon() -> None:
+            await trio.sleep(FIRST_CONNECT_SECONDS)
+            report()
+
         try:
-            while True:
-                try:
-                    await self._session(report)
-                except Exception as exc:  # every failure means "serve locally"
-                    self._fail(exc)
-                finally:
-                    self._client = None
-                    was_holding = self._holds_lease
-                    self._set_connected(False)
-                    self._holds_lease = was_holding  # for the release below, if stopping
-                report()
-                self._holds_lease = False
-                await trio.sleep(self.config.retry_seconds)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(report_soon)
+                while True:
+                    try:
+                        await self._session(report)
+                    except Exception as exc:  # every failure means "serve locally"
+                        self._fail(exc)
+                    finally:
+                        self._client = None
+                        was_holding = self._holds_lease
+                        self._set_connected(False)
+                        self._holds_lease = was_holding  # for the release, if stopping
+                    report()
+                    self._holds_lease = False
+                    await trio.sleep(self.config.retry_seconds)
         finally:
             if self._holds_lease:
                 self._holds_lease = False
@@ -331,19 +343,26 @@ class RedisStateStore(StateStore):
         )
 
     async def _session(self, connected: Callable[[], None]) -> None:
-        """One connection's life: resync, then subscribe, write and lease until it fails."""
-        async with self._new_client() as client:
-            self._broken = trio.Event()
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self._subscribe, client)
-                await self._resync(client)
-                self._client = client
-                self._set_connected(True)
-                connected()
-                nursery.start_soon(self._write, client)
-                nursery.start_soon(self._hold_lease, client)
-                await self._broken.wait()
-                raise _Unavailable("a call failed or timed out")
+        """One connection's life: resync, then subscribe, write and lease until it fails.
+        Connecting, subscribing and resyncing get one deadline together (a Redis that
+        accepts and never answers, a name that does not resolve)."""
+        with trio.CancelScope() as setup:
+            setup.deadline = trio.current_time() + max(self._timeout * 40, 2.0)
+            async with self._new_client() as client:
+                self._broken = trio.Event()
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._subscribe, client)
+                    await self._resync(client)
+                    setup.deadline = math.inf  # set up: from here, its calls' own deadlines
+                    self._client = client
+                    self._set_connected(True)
+                    connected()
+                    nursery.start_soon(self._write, client)
+                    nursery.start_soon(self._hold_lease, client)
+                    await self._broken.wait()
+                    raise _Unavailable("a call failed or timed out")
+        if setup.cancelled_caught:
+            raise _Unavailable("Redis did not answer in time")
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self._connected:
@@ -378,7 +397,10 @@ class RedisStateStore(StateStore):
 
     async def _subscribe(self, client: coredis.Redis[str], *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with client.pubsub(channels=[self.channel]) as pubsub:
+        # coredis's pub/sub retries a lost connection for ever by default; here a lost
+        # subscription ends the session, and the session loop reconnects (and resyncs)
+        async with client.pubsub(channels=[self.channel],
+                                 retry_policy=coredis.retry.NoRetryPolicy()) as pubsub:
             task_status.started()
             async for message in pubsub:
                 data = message.get("data")

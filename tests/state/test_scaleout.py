@@ -48,8 +48,8 @@ async def replicas(
 ) -> AsyncIterator[StartReplicas]:
     started: list[Replica] = []
 
-    async def start(count: int = 3, extra: str = "", lease_seconds: float = 1.5
-                    ) -> list[Replica]:
+    async def start(count: int = 3, extra: str = "", lease_seconds: float = 1.5,
+                    ready: bool = True) -> list[Replica]:
         async with trio.open_nursery() as nursery:
             for index in range(count):
                 name = "ABCDEFGH"[len(started) + index]
@@ -68,7 +68,7 @@ async def replicas(
 
                 nursery.start_soon(one)
         group = sorted(started[-count:], key=lambda r: r.name)
-        for replica in group:
+        for replica in group if ready else ():
             await until(lambda r=replica: _ready(r), f"replica {replica.name} ready")
         return group
 
@@ -555,3 +555,28 @@ async def test_workers_that_cannot_stay_up_stop_the_gateway(
         await trio.to_thread.run_sync(server.stop)
     assert code == 1
     assert any("times in a row" in line for line in server.lines)
+
+
+@pytest.mark.parametrize("redis", ["down", "hung"])
+async def test_a_replica_starts_and_serves_while_redis_is_down_or_hung(
+    replicas: StartReplicas, redis_server: RedisServer, redis: str
+) -> None:
+    if redis == "down":
+        redis_server.kill()
+    else:
+        redis_server.pause()  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        (a,) = await replicas(1, ready=False)
+        assert time.monotonic() - started < 15
+        assert a.health()["state"] == "local-fallback"
+        assert (await ask_async(a, "redis is not there")).status_code == 200
+    finally:
+        if redis == "down":
+            redis_server.start()
+        else:
+            redis_server.resume()
+    await until(lambda: a.health()["state"] == "redis", "on Redis once it is back")
+    noisy = [line for line in a.lines if "Retry attempt" in line or "Traceback" in line]
+    assert not noisy, "".join(a.lines)
+    assert sum("Redis unavailable" in line for line in a.lines) == 1
