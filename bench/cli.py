@@ -111,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
              "(default 20; quick 3)")
     add("--no-litellm", dest="litellm", action="store_false",
         help="skip the LiteLLM comparison even if LiteLLM is installed")
+    add("--no-ceiling", dest="ceiling", action="store_false",
+        help="skip the bare-hypercorn rows (the stack's own streaming ceiling)")
     add("--no-reference", dest="reference", action="store_false",
         help="skip the Node reference (antigravity-claude-proxy from npm) even if node exists")
     add("--workers", type=_list(str), default=("1", "2"), metavar="N,N,...",
@@ -167,6 +169,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         disconnect_trials=max(args.disconnect_trials, 0),
         litellm=args.litellm,
         reference=args.reference,
+        ceiling=args.ceiling,
         workers=_workers(args.workers),
         rtt_ms=max(0.0, args.rtt_ms),
         tls=args.tls,

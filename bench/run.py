@@ -36,6 +36,7 @@ from bench.procs import (
     StartError,
     UpstreamAt,
     free_port,
+    running,
     running_emulator,
     running_gateway,
     running_litellm,
@@ -82,6 +83,7 @@ class Settings:
     disconnect_trials: int = 20
     litellm: bool = True
     reference: bool = True  # the Node reference (antigravity-claude-proxy), if node/npm exist
+    ceiling: bool = True  # bare hypercorn streaming the same shape (bench/ceiling.py)
     # `serve --workers N` runs compared (each with state in Redis); () skips the phase
     workers: tuple[int, ...] = (1, 2)
     # a network's round trip the emulator adds per request (three on a new connection: TCP and
@@ -354,6 +356,26 @@ async def reference_phase(
     return rows, {"status": "measured", "note": note}
 
 
+async def ceiling_phase(rig: Rig, settings: Settings, workdir: Path) -> list[LoadRow]:
+    """Bare hypercorn on trio streaming the same shape (bench/ceiling.py): what the stack
+    the gateway is built on relays per CPU-second, with nothing of the gateway in it."""
+    if not settings.ceiling or not settings.faces:
+        return []
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    argv = [sys.executable, "-m", "bench.ceiling", "--port", str(port), "--chunks",
+            str(settings.chunks), "--chunk-chars", str(settings.chunk_chars), "--delay",
+            str(settings.chunk_delay)]
+    rows: list[LoadRow] = []
+    async with running("bare-hypercorn", argv, url, workdir, ready_path="/") as bare:
+        target = Target("bare-hypercorn", True, f"{url}/stream",
+                        (("content-type", "application/json"),), b"{}")
+        for level in settings.levels:
+            rows.append(await measure(rig, bare, target, settings, http="1.1", level=level))
+            _check_alive(rig, bare)
+    return rows
+
+
 async def workers_phase(
     rig: Rig, settings: Settings, workdir: Path
 ) -> tuple[list[LoadRow], dict[str, Any]]:
@@ -580,6 +602,7 @@ async def run_bench(
         rows += workers_rows
         reference_rows, node = await reference_phase(rig, settings, workdir)
         rows += reference_rows
+        rows += await ceiling_phase(rig, settings, workdir)
         disconnect = await disconnect_phase(rig, settings)
         idle = await idle_phase(rig, settings)
         processes = {
