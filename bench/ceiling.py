@@ -18,6 +18,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from gateway.emulator.app import _lifespan as answer_lifespan
+
 
 def make_app(chunks: int, chunk_chars: int, delay: float) -> Any:
     text = "x" * chunk_chars
@@ -26,13 +28,8 @@ def make_app(chunks: int, chunk_chars: int, delay: float) -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)  # the emulator's: nothing to start
+            return
         if scope["type"] != "http":
             return
         while True:  # the request body
