@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import resource
 from collections.abc import Awaitable, Callable
@@ -119,9 +120,33 @@ class _Counted(trio.abc.HalfCloseableStream):
     def socket(self) -> trio.socket.SocketType:
         return self._inner.socket  # hypercorn reads the peer and local addresses here
 
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what the kernel takes now, without waiting: the bytes written (0 when its
+        buffer is full). A client gone is `trio.BrokenResourceError`, as from `send_all`.
+        The caller holds the connection's send lock (hypercorn's): nothing else writes."""
+        try:
+            # the descriptor is asked for each time: -1 once closed, never a reused number
+            return os.write(self._inner.socket.fileno(), data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("the connection is closed") from None
+            raise trio.BrokenResourceError(f"the client is gone ({exc})") from None
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        listener = self._listener
+        # What the kernel takes at once is written with no cancel scope and no wait: the
+        # common case for a client that reads. The write deadline is armed only to wait.
+        await trio.lowlevel.checkpoint_if_cancelled()
         view = memoryview(data)
+        sent = self.send_nowait(view)
+        if sent == len(view):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._send_rest(view[sent:])
+
+    async def _send_rest(self, view: memoryview) -> None:
+        listener = self._listener
         while view:
             piece = view[:_WRITE_PIECE]
             # hypercorn shields its sends from cancellation; this scope's own deadline still

@@ -156,28 +156,10 @@ def test_connection_limit_follows_the_open_file_limit() -> None:
     assert edge.connection_limit(0) == max(16, min(20_000, (soft - 256) // 2))
 
 
-class _FakeSocketStream(trio.abc.HalfCloseableStream):
-    """A stream whose peer never reads: every send blocks (until cancelled)."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.socket = None
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.sleep_forever()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.sleep_forever()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.sleep_forever()
-        raise AssertionError
-
-    async def send_eof(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        self.closed = True
+def _stuck_stream() -> tuple[trio.SocketStream, trio.socket.SocketType]:
+    """A real connection whose peer never reads (the peer is returned, to keep it open)."""
+    ours, peer = trio.socket.socketpair()
+    return trio.SocketStream(ours), peer
 
 
 async def test_a_send_to_a_client_that_never_reads_ends_at_the_write_deadline(
@@ -186,16 +168,20 @@ async def test_a_send_to_a_client_that_never_reads_ends_at_the_write_deadline(
     async with trio.open_nursery() as nursery:
         listener = edge.GuardedListener(_NoDescriptors(0), 10, nursery,  # type: ignore[arg-type]
                                         write_timeout=30)
-        inner = _FakeSocketStream()
-        counted = edge._Counted(inner, listener)  # type: ignore[arg-type]
+        inner, peer = _stuck_stream()
+        counted = edge._Counted(inner, listener)
         started = trio.current_time()
-        # shielded, as hypercorn sends
+        # shielded, as hypercorn sends; far more than the kernel buffers
         with pytest.raises(trio.BrokenResourceError), trio.CancelScope(shield=True):
-            await counted.send_all(b"x" * 10)
+            await counted.send_all(b"x" * 20_000_000)
         assert trio.current_time() - started == pytest.approx(30)
-        assert inner.closed  # hung up, not just reported
+        assert inner.socket.fileno() == -1  # hung up, not just reported
+        # what the kernel takes at once is written without waiting (no deadline involved)
+        quick, quick_peer = _stuck_stream()
+        assert edge._Counted(quick, listener).send_nowait(b"y" * 100) == 100
         # at shutdown a send gets the grace period, not the whole write deadline
-        other = edge._Counted(_FakeSocketStream(), listener)  # type: ignore[arg-type]
+        other_inner, other_peer = _stuck_stream()
+        other = edge._Counted(other_inner, listener)
 
         async def shut_down_soon() -> None:
             await trio.sleep(1)
@@ -204,8 +190,20 @@ async def test_a_send_to_a_client_that_never_reads_ends_at_the_write_deadline(
         nursery.start_soon(shut_down_soon)
         started = trio.current_time()
         with pytest.raises(trio.BrokenResourceError), trio.CancelScope(shield=True):
-            await other.send_all(b"y")
+            await other.send_all(b"y" * 20_000_000)
         assert trio.current_time() - started == pytest.approx(3)
+        # a closed connection is Closed (never a write to a reused descriptor number), one
+        # whose client is gone Broken
+        quick_counted = edge._Counted(quick, listener)
+        await quick.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            quick_counted.send_nowait(b"z")
+        gone, gone_peer = _stuck_stream()
+        gone_peer.close()
+        with pytest.raises(trio.BrokenResourceError):
+            edge._Counted(gone, listener).send_nowait(b"z")
+        for sock in (peer, quick_peer, other_peer):
+            sock.close()
         nursery.cancel_scope.cancel()
 
 
