@@ -21,8 +21,10 @@ its own; the low-rate calls (OAuth, quota probes, onboarding) stay on httpx.
   request on a reused connection that the server closed meanwhile (EOF before any response
   byte) is sent again once, on a new connection.
 
-Deadlines: connect (TCP + TLS) within `connect_timeout`, and the response head and every
-body read within `read_timeout`; each failure is a `TransportError` with a short reason.
+Deadlines: connect (TCP + TLS) within `connect_timeout`, the response head within
+`read_timeout`, and every body read too: a body read that waits longer is ended by the
+transport's read watchdog (one task, no cancel scope per chunk; within a second of the
+deadline). Each failure is a `TransportError` with a short reason.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +65,52 @@ class TransportTimeout(TransportError):
 
 class _Refused(TransportError):
     """The server never processed this stream (GOAWAY, REFUSED_STREAM): safe to resend."""
+
+
+class _BodyRead:
+    """One response body being read: when its current wait began (None: not waiting)."""
+
+    __slots__ = ("expire", "stalled", "waiting_since")
+
+    def __init__(self, expire: Callable[[], Awaitable[None]]) -> None:
+        self.waiting_since: float | None = None
+        self.stalled = False
+        self.expire = expire  # ends the read the watchdog found stalled
+
+
+class _ReadWatchdog:
+    """Ends body reads that wait longer than the read timeout, with no cancel scope per
+    read: a read marks when it began waiting, and one task (in the transport's nursery)
+    looks over the open bodies every `interval` seconds. A stalled read ends within
+    `timeout + interval`."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.interval = min(1.0, max(timeout / 4, 0.01))
+        self.reads: set[_BodyRead] = set()
+        self._work = trio.Event()
+
+    def open(self, expire: Callable[[], Awaitable[None]]) -> _BodyRead:
+        read = _BodyRead(expire)
+        self.reads.add(read)
+        self._work.set()
+        return read
+
+    def close(self, read: _BodyRead) -> None:
+        self.reads.discard(read)
+
+    async def run(self) -> None:
+        while True:
+            if not self.reads:
+                self._work = trio.Event()
+                await self._work.wait()
+            await trio.sleep(self.interval)
+            limit = trio.current_time() - self.timeout
+            for read in [r for r in self.reads
+                         if r.waiting_since is not None and r.waiting_since <= limit]:
+                self.reads.discard(read)
+                read.stalled = True
+                await read.expire()
 
 
 @attrs.frozen(slots=True)
@@ -149,6 +197,7 @@ class Transport:
         self._h1_only: set[Origin] = set()
         self._connecting: dict[Origin, trio.Event] = {}
         self.connections_opened = 0
+        self.watchdog = _ReadWatchdog(read_timeout)
 
     @property
     def running(self) -> bool:
@@ -159,6 +208,7 @@ class Transport:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self.watchdog.run, name="upstream read watchdog")
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -629,32 +679,39 @@ class _H2Response(Response):
 
     async def chunks(self) -> AsyncIterator[bytes]:
         stream, connection = self._stream, self._connection
-        timeout = connection.transport.read_timeout
-        while True:
-            if stream.chunks:
-                # everything that came meanwhile: one chunk, one acknowledgement
-                pieces, length = [], 0
-                while stream.chunks:
-                    data, flow = stream.chunks.popleft()
-                    pieces.append(data)
-                    length += flow
-                if length and not connection.closed and stream.id in connection.streams:
-                    connection.h2.acknowledge_received_data(length, stream.id)
-                    await connection.flush()
-                joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                if joined:
-                    yield joined
-                continue
-            if stream.error is not None:
-                raise stream.error
-            if stream.ended:
-                await connection.reset(stream)
-                return
-            stream.readable = trio.Event()
-            with trio.move_on_after(timeout) as waited:
+
+        async def expire() -> None:
+            stream.fail(TransportTimeout("stream stalled"))
+
+        watchdog = connection.transport.watchdog
+        read = watchdog.open(expire)
+        try:
+            while True:
+                if stream.chunks:
+                    # everything that came meanwhile: one chunk, one acknowledgement
+                    pieces, length = [], 0
+                    while stream.chunks:
+                        data, flow = stream.chunks.popleft()
+                        pieces.append(data)
+                        length += flow
+                    if length and not connection.closed and stream.id in connection.streams:
+                        connection.h2.acknowledge_received_data(length, stream.id)
+                        await connection.flush()
+                    joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    if joined:
+                        yield joined
+                    continue
+                if stream.error is not None:
+                    raise stream.error
+                if stream.ended:
+                    await connection.reset(stream)
+                    return
+                stream.readable = trio.Event()
+                read.waiting_since = trio.current_time()  # the watchdog's deadline
                 await stream.readable.wait()
-            if waited.cancelled_caught:
-                raise TransportTimeout("stream stalled")
+                read.waiting_since = None
+        finally:
+            watchdog.close(read)
 
     async def aclose(self) -> None:
         await self._connection.reset(self._stream)
@@ -767,45 +824,50 @@ class _H1Response(Response):
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives: what one socket read brought is one chunk (events
-        h11 already holds are taken without waiting; the read deadline is armed only when
-        the socket must be read)."""
+        h11 already holds are taken without waiting). The read deadline is the transport's
+        watchdog's: it closes the connection of a read that waited too long."""
         connection = self._connection
         if connection is None:
             return
         h11_connection, stream = connection.h11, connection.stream
-        timeout = connection.transport.read_timeout
+        watchdog = connection.transport.watchdog
+        read = watchdog.open(connection.close)
         pending: list[bytes] = []
-        while True:
-            try:
-                event = h11_connection.next_event()
-            except h11.RemoteProtocolError:
-                raise TransportError("stream broken: malformed HTTP/1.1 answer") from None
-            if isinstance(event, h11.Data):
-                pending.append(bytes(event.data))
-                continue
-            if event is h11.NEED_DATA:
-                if pending:
-                    yield b"".join(pending) if len(pending) > 1 else pending[0]
-                    pending = []
-                with trio.move_on_after(timeout) as waited:
+        try:
+            while True:
+                try:
+                    event = h11_connection.next_event()
+                except h11.RemoteProtocolError:
+                    raise TransportError("stream broken: malformed HTTP/1.1 answer") from None
+                if isinstance(event, h11.Data):
+                    pending.append(bytes(event.data))
+                    continue
+                if event is h11.NEED_DATA:
+                    if pending:
+                        yield b"".join(pending) if len(pending) > 1 else pending[0]
+                        pending = []
+                    read.waiting_since = trio.current_time()
                     try:
                         data = await stream.receive_some(READ_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError,
                             OSError) as exc:
+                        if read.stalled:
+                            raise TransportTimeout("stream stalled") from None
                         raise TransportError(f"stream broken: {type(exc).__name__}") from None
-                if waited.cancelled_caught:
-                    raise TransportTimeout("stream stalled")
-                h11_connection.receive_data(bytes(data))
-                continue
-            if pending:
-                yield b"".join(pending)
-                pending = []
-            if isinstance(event, h11.EndOfMessage):
-                self._connection = None
-                connection.done()
-                return
-            if isinstance(event, h11.ConnectionClosed):
-                raise TransportError("stream broken: the upstream closed the connection")
+                    read.waiting_since = None
+                    h11_connection.receive_data(bytes(data))
+                    continue
+                if pending:
+                    yield b"".join(pending)
+                    pending = []
+                if isinstance(event, h11.EndOfMessage):
+                    self._connection = None
+                    connection.done()
+                    return
+                if isinstance(event, h11.ConnectionClosed):
+                    raise TransportError("stream broken: the upstream closed the connection")
+        finally:
+            watchdog.close(read)
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None

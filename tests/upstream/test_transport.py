@@ -198,11 +198,18 @@ async def test_errors_are_transport_errors(nursery: trio.Nursery, transport: Tra
     slow = Transport(ssl_context=transport.ssl_context, connect_timeout=5, read_timeout=0.3)
     async with trio.open_nursery() as inner:
         await inner.start(slow.run)
-        response = await slow.request("POST", *generation(url, state))
-        with pytest.raises(TransportTimeout):
-            async for _ in response.chunks():
-                pass
-        await response.aclose()
+        # a body read that waits past the read timeout ends (its watchdog's), over h2 and
+        # over h1, whose connection is then closed rather than pooled
+        plain_url, plain = await emulator_at(nursery)
+        plain.configure({"chunk_delay_seconds": 30, "text_chunks": 2})
+        for where, its_state in ((url, state), (plain_url, plain)):
+            response = await slow.request("POST", *generation(where, its_state))  # head in
+            assert response.status == 200
+            with trio.fail_after(5), pytest.raises(TransportTimeout):
+                async for _ in response.chunks():
+                    pass
+            await response.aclose()
+        assert not slow.watchdog.reads and slow.stats()["h1_idle"] == 0
         inner.cancel_scope.cancel()
 
 
