@@ -49,6 +49,7 @@ from gateway.api.chat import (
     send_json,
 )
 from gateway.config import Config, ConfigError, ServerConfig
+from gateway.directbody import DirectBody
 from gateway.metrics import Metrics
 from gateway.sealing import Sealer, load_or_create_secret
 from gateway.server import is_loopback
@@ -255,6 +256,7 @@ class GatewayASGI:
         config = services.config.server
         scope = _gemini_v1(scope)
         path, method = scope["path"], scope["method"]
+        raw_send = send
         send = _finishing(send)
         origin = header(scope, b"origin")
         allowed_origin = _cors_origin(origin, config.cors_origins)
@@ -282,7 +284,10 @@ class GatewayASGI:
                 status, body = dialect.error_body(err405)
                 await send_json(send, status, body, {"allow": "POST"})
                 return
-            await handle_chat(scope, receive, send, dialect, services, self.admission(services))
+            # streamed body messages skip the wrappers (they only act on the start and the
+            # end) and, over HTTP/1.1, hypercorn's per-message path
+            await handle_chat(scope, receive, send, dialect, services, self.admission(services),
+                              DirectBody(raw_send))
             return
         await _observed(self.inner, scope, receive, send, services)
 

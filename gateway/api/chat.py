@@ -1,9 +1,10 @@
 """The chat request lifecycle, shared by the OpenAI and Anthropic routes (raw ASGI).
 
-Each chat request runs in its own nursery with three parts: a disconnect watcher (the client
-going away cancels everything at once, which closes the upstream stream: quota is money), a
-pump that opens the upstream through the dispatcher and decodes its payloads into canonical
-events, and the writer below that renders them in the caller's dialect.
+Each chat request runs in its own nursery: a disconnect watcher (the client going away
+cancels everything at once, which closes the upstream stream: quota is money) beside the
+request's own task, which opens the upstream through the dispatcher, decodes what each
+network read brought into canonical events, renders them in the caller's dialect and writes
+them, with no hop between tasks per chunk (a streamed answer's keep-alive runs beside it).
 
 Chat routes are plain ASGI rather than Quart views on purpose: a Quart view commits its
 status line before its body generator runs, and a trio nursery cannot stay open across a
@@ -28,6 +29,7 @@ import trio
 from gateway import errors
 from gateway.api.auth import key_label
 from gateway.config import ServerConfig
+from gateway.directbody import DirectBody
 from gateway.state.requests import RequestRecord
 from gateway.translate import canonical as c
 from gateway.translate.cloudcode import CloudCodeDecoder, to_cloudcode
@@ -92,18 +94,12 @@ class Dialect(Protocol):
     def new_response_id(self) -> str: ...
 
 
-@attrs.frozen(slots=True)
-class _Opened:
-    account_handle: str
-    model_id: str
+class _Sink(Protocol):
+    """Where the pump puts what the upstream said: the stream writer or the unary one."""
 
-
-@attrs.frozen(slots=True)
-class _Failed:
-    error: errors.GatewayError
-
-
-_Item = _Opened | _Failed | list[c.StreamEvent]
+    def opened(self, account_handle: str, model_id: str) -> None: ...
+    async def events(self, events: list[c.StreamEvent]) -> None: ...
+    async def failed(self, err: errors.GatewayError) -> None: ...
 
 
 @attrs.define(slots=True)
@@ -389,8 +385,10 @@ async def send_error(send: Send, dialect: Dialect, err: errors.GatewayError) -> 
 
 async def handle_chat(
     scope: Scope, receive: Receive, raw_send: Send, dialect: Dialect, services: Services,
-    admission: Admission,
+    admission: Admission, direct: DirectBody,
 ) -> None:
+    """Serve one chat request; `direct` writes the streamed body messages of `raw_send`'s
+    response (straight to the socket where it can)."""
     started = time.monotonic()
     request_id = scope.get("state", {}).get("request_id") or secrets.token_hex(8)
     outcome = _Outcome()
@@ -461,15 +459,18 @@ async def handle_chat(
         outcome.model = prepared.model.id
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, outcome)
-            sender, items = trio.open_memory_channel[_Item](8)
-            nursery.start_soon(_pump, sender, prepared, dialect, services)
             try:
+                # One task carries upstream read, decode, render and write: no hop between
+                # tasks per chunk. The stream writer's keep-alive runs beside it.
+                writer: _StreamWriter | _UnaryWriter
                 if stream:
-                    await _write_stream(
-                        send, items, prepared, dialect, services, outcome, started
-                    )
+                    writer = _StreamWriter(send, direct, prepared, dialect, services, outcome,
+                                           started)
+                    nursery.start_soon(writer.keep_alive)
                 else:
-                    await _write_unary(send, items, prepared, dialect, outcome)
+                    writer = _UnaryWriter(send, prepared, dialect, outcome)
+                await _pump(writer, prepared, dialect, services)
+                await writer.finish()
             except Exception:
                 # A rendering bug must still end the response in the caller's format.
                 log.exception("unexpected error writing a %s response", dialect.name)
@@ -544,7 +545,7 @@ class _StreamBroken(Exception):
 
 
 async def _pump(
-    sender: trio.MemorySendChannel[_Item],
+    sink: _Sink,
     prepared: PreparedChat,
     dialect: Dialect,
     services: Services,
@@ -556,47 +557,43 @@ async def _pump(
     `upstream.max_retries` times, so a cut connection costs a retry, not an answer.
     """
     attempts = 1 if prepared.request.stream else 1 + services.config.upstream.max_retries
-    async with sender:
-        for attempt in range(attempts):
+    for attempt in range(attempts):
+        try:
             try:
-                try:
-                    await _relay(sender, prepared, dialect, services)
-                except errors.UpstreamInvalidRequest as refused:
-                    if "signature" not in refused.message or not c.has_thinking(prepared.request):
-                        raise
-                    # Thinking signed elsewhere (another provider, another gateway): the
-                    # upstream refuses it, so replay the history without the thoughts.
-                    log.info("upstream refused the history's thinking signatures; "
-                             "sending it again without thinking blocks")
-                    prepared = attrs.evolve(
-                        prepared, request=c.without_thinking(prepared.request)
-                    )
-                    await _relay(sender, prepared, dialect, services)
-                return
-            except _StreamBroken as broken:
-                if attempt + 1 < attempts:
-                    log.warning("upstream stream broke (%s); sending the request again",
-                                broken.reason)
-                    continue
-                await sender.send(
-                    _Failed(errors.UpstreamError(f"upstream stream failed: {broken.reason}"))
-                )
-            except errors.GatewayError as err:
-                await sender.send(_Failed(err))
-                return
-            except Exception:
-                log.exception("unexpected error relaying a %s stream", dialect.name)
-                await sender.send(_Failed(errors.GatewayError("internal error; see the log")))
-                return
+                await _relay(sink, prepared, dialect, services)
+            except errors.UpstreamInvalidRequest as refused:
+                if "signature" not in refused.message or not c.has_thinking(prepared.request):
+                    raise
+                # Thinking signed elsewhere (another provider, another gateway): the
+                # upstream refuses it, so replay the history without the thoughts.
+                log.info("upstream refused the history's thinking signatures; "
+                         "sending it again without thinking blocks")
+                prepared = attrs.evolve(prepared, request=c.without_thinking(prepared.request))
+                await _relay(sink, prepared, dialect, services)
+            return
+        except _StreamBroken as broken:
+            if attempt + 1 < attempts:
+                log.warning("upstream stream broke (%s); sending the request again",
+                            broken.reason)
+                continue
+            await sink.failed(errors.UpstreamError(f"upstream stream failed: {broken.reason}"))
+        except errors.GatewayError as err:
+            await sink.failed(err)
+            return
+        except Exception:
+            log.exception("unexpected error relaying a %s stream", dialect.name)
+            await sink.failed(errors.GatewayError("internal error; see the log"))
+            return
 
 
 async def _relay(
-    sender: trio.MemorySendChannel[_Item],
+    sink: _Sink,
     prepared: PreparedChat,
     dialect: Dialect,
     services: Services,
 ) -> None:
-    """One attempt: stream events to the writer (or, for a unary request, all at the end)."""
+    """One attempt: stream events to the writer (or, for a unary request, all at the end).
+    What one network read of the upstream brought is decoded, rendered and written as one."""
     request = prepared.request
     signatures = dict(await services.state.signatures(prepared.session_id))
     for edit in prepared.context_edits:
@@ -620,24 +617,27 @@ async def _relay(
         return await run_cpu(prepared.offload, encoded, project, model)
 
     async def emit(events: list[c.StreamEvent]) -> None:
+        _remember_signatures(services, prepared.session_id, events)
         if request.stream:
-            await sender.send(events)
+            await sink.events(events)
         else:
             held.extend(events)
 
     async with services.dispatcher.open_stream(
         model=prepared.model, sticky_key=prepared.sticky_key, build_body=build_body
     ) as upstream:
-        await sender.send(_Opened(upstream.account_handle, upstream.model.id))
+        sink.opened(upstream.account_handle, upstream.model.id)
         decoder = CloudCodeDecoder(
             model=upstream.model,
             tool_id_prefix=f"{dialect.tool_id_prefix}{secrets.token_hex(8)}_",
         )
         try:
-            async for payload in upstream.payloads:
-                events = decoder.feed(payload)
+            async for batch in upstream.batches:
+                if len(batch) == 1:
+                    events = decoder.feed(batch[0])
+                else:
+                    events = [event for payload in batch for event in decoder.feed(payload)]
                 if events:
-                    _remember_signatures(services, prepared.session_id, events)
                     await emit(events)
         except UpstreamHTTPError as exc:
             if exc.status == 0 and exc.body.startswith("stream broken"):
@@ -645,11 +645,9 @@ async def _relay(
             if exc.status == 0 and exc.body == "stream stalled":
                 raise errors.UpstreamTimeout("upstream stream stalled mid-answer") from None
             raise errors.UpstreamError(f"upstream stream failed: {exc}") from None
-        events = decoder.finish()
-        _remember_signatures(services, prepared.session_id, events)
-        await emit(events)
+        await emit(decoder.finish())
     if held:
-        await sender.send(held)
+        await sink.events(held)
 
 
 def _remember_signatures(
@@ -666,121 +664,146 @@ def _track(outcome: _Outcome, events: Sequence[c.StreamEvent]) -> None:
             outcome.usage = event.usage
 
 
-async def _write_unary(
-    send: Send,
-    items: trio.MemoryReceiveChannel[_Item],
-    prepared: PreparedChat,
-    dialect: Dialect,
-    outcome: _Outcome,
-) -> None:
-    collected: list[c.StreamEvent] = []
-    async with items:
-        async for item in items:
-            if isinstance(item, _Opened):
-                outcome.account, outcome.model = item.account_handle, item.model_id
-            elif isinstance(item, _Failed):
-                outcome.status, outcome.error_type = item.error.status, item.error.anthropic_type
-                await send_error(send, dialect, item.error)
+class _UnaryWriter:
+    """Collects the answer, then writes it (or the error) as one JSON body."""
+
+    def __init__(
+        self, send: Send, prepared: PreparedChat, dialect: Dialect, outcome: _Outcome
+    ) -> None:
+        self._send, self._prepared, self._dialect = send, prepared, dialect
+        self._outcome = outcome
+        self._collected: list[c.StreamEvent] = []
+        self._error: errors.GatewayError | None = None
+
+    def opened(self, account_handle: str, model_id: str) -> None:
+        self._outcome.account, self._outcome.model = account_handle, model_id
+
+    async def events(self, events: list[c.StreamEvent]) -> None:
+        self._collected.extend(events)
+
+    async def failed(self, err: errors.GatewayError) -> None:
+        self._error = err
+
+    async def finish(self) -> None:
+        outcome, dialect = self._outcome, self._dialect
+        if self._error is not None:
+            outcome.status, outcome.error_type = self._error.status, self._error.anthropic_type
+            await send_error(self._send, dialect, self._error)
+            return
+        _track(outcome, self._collected)
+        response_id = dialect.new_response_id()
+        response = c.collect(self._collected, response_id=response_id,
+                             model=self._prepared.request.model)
+        await send_json(self._send, 200, await dialect.render(self._prepared, response,
+                                                              response_id))
+
+
+class _StreamWriter:
+    """Renders events as the dialect's SSE and writes them as they come.
+
+    The status line is committed with the first events (or the first keep-alive), so an
+    upstream that fails before answering is still a real status code. Writes come from the
+    request's task and from `keep_alive` (when nothing was written for
+    `server.keepalive_seconds`: long thinking, a cooldown wait), one at a time.
+    """
+
+    def __init__(
+        self, send: Send, body: DirectBody, prepared: PreparedChat, dialect: Dialect,
+        services: Services, outcome: _Outcome, started: float,
+    ) -> None:
+        self._send, self._body, self._dialect = send, body, dialect
+        self._outcome, self._started = outcome, started
+        self._renderer = dialect.stream_renderer(prepared, dialect.new_response_id())
+        self._keepalive = services.config.server.keepalive_seconds
+        self._lock = trio.Lock()
+        self._committed = False
+        self._closed = False  # the answer's end, or an error, is written: nothing after it
+        self._last_write = trio.current_time()
+
+    def opened(self, account_handle: str, model_id: str) -> None:
+        self._outcome.account, self._outcome.model = account_handle, model_id
+
+    async def events(self, events: list[c.StreamEvent]) -> None:
+        outcome, renderer = self._outcome, self._renderer
+        _track(outcome, events)
+        lock = self._lock
+        try:
+            lock.acquire_nowait()  # the common case, with no checkpoint of its own
+        except trio.WouldBlock:
+            await lock.acquire()  # the keep-alive is writing
+        try:
+            if self._closed:
                 return
-            else:
-                collected.extend(item)
-    _track(outcome, collected)
-    response_id = dialect.new_response_id()
-    response = c.collect(collected, response_id=response_id, model=prepared.request.model)
-    await send_json(send, 200, await dialect.render(prepared, response, response_id))
-
-
-async def _write_stream(
-    send: Send,
-    items: trio.MemoryReceiveChannel[_Item],
-    prepared: PreparedChat,
-    dialect: Dialect,
-    services: Services,
-    outcome: _Outcome,
-    started: float,
-) -> None:
-    renderer = dialect.stream_renderer(prepared, dialect.new_response_id())
-    committed = False
-    keepalive = services.config.server.keepalive_seconds
-
-    async def commit() -> None:
-        nonlocal committed
-        committed = True
-        outcome.first_byte = time.monotonic() - started
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", renderer.content_type),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no"),
-                ],
-            }
-        )
-        opening = renderer.open()
-        if opening:
-            await _body(send, opening)
-
-    pending: list[bytes] = []  # rendered, not yet written: what is ready goes in one write
-
-    async with items:
-        while True:
-            try:
-                item = items.receive_nowait()
-            except trio.WouldBlock:
-                if pending:
-                    await _body(send, b"".join(pending))
-                    pending = []
-                # the idle deadline is armed only when there is nothing to write
-                with trio.move_on_after(keepalive) as waited:
-                    try:
-                        item = await items.receive()
-                    except trio.EndOfChannel:
-                        break
-                if waited.cancelled_caught:
-                    # Nothing from upstream for a while (long thinking, a cooldown wait):
-                    # commit and keep idle proxies from cutting the connection.
-                    if not committed:
-                        await commit()
-                    await _body(send, renderer.keepalive())
-                    continue
-            except trio.EndOfChannel:
-                break
-            if isinstance(item, _Opened):
-                outcome.account, outcome.model = item.account_handle, item.model_id
-                continue
-            if isinstance(item, _Failed):
-                outcome.error_type = item.error.anthropic_type
-                if not committed:
-                    outcome.status = item.error.status
-                    await send_error(send, dialect, item.error)
-                    return
-                pending.append(renderer.error(item.error))
-                break
-            if not committed:
-                await commit()
-            _track(outcome, item)
-            chunk = renderer.events(item)
-            ended = any(isinstance(e, c.MessageEnd) for e in item)
+            if not self._committed:
+                await self._commit()  # the opening is rendered before these events
+            chunk = renderer.events(events)
+            ended = any(isinstance(e, c.MessageEnd) for e in events)
             if ended:
                 chunk += renderer.close()
-            if chunk:
-                pending.append(chunk)
-            if ended:
+                self._closed = True
                 # the client has its whole answer once this is written; if it hangs up
                 # before the final empty frame, that is not a disconnect mid-answer
                 outcome.finished = True
-                await _body(send, b"".join(pending))
-                pending = []
-                await renderer.finish()
-    if pending:
-        await _body(send, b"".join(pending))
-    if not committed:  # pump ended without a word: cannot happen, but never hang the client
-        await send_error(send, dialect, errors.UpstreamError("upstream ended without answer"))
-        return
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._body.write(chunk)
+            self._last_write = trio.current_time()
+        finally:
+            lock.release()
+        if ended:
+            await renderer.finish()
 
+    async def failed(self, err: errors.GatewayError) -> None:
+        outcome = self._outcome
+        outcome.error_type = err.anthropic_type
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if not self._committed:
+                outcome.status = err.status
+                await send_error(self._send, self._dialect, err)
+                return
+            await self._body.write(self._renderer.error(err))
 
-async def _body(send: Send, data: bytes) -> None:
-    await send({"type": "http.response.body", "body": data, "more_body": True})
+    async def finish(self) -> None:
+        """After the pump: the final (empty) body message."""
+        async with self._lock:
+            if not self._committed:
+                if not self._closed:
+                    # the pump ended without a word: cannot happen, but never hang the client
+                    await send_error(self._send, self._dialect,
+                                     errors.UpstreamError("upstream ended without answer"))
+                    self._closed = True
+                return
+            self._closed = True
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def keep_alive(self) -> None:
+        """Runs beside the pump until the request's nursery is cancelled."""
+        while True:
+            await trio.sleep_until(self._last_write + self._keepalive)
+            if trio.current_time() < self._last_write + self._keepalive:
+                continue  # written meanwhile: wait from that write
+            async with self._lock:
+                if self._closed:
+                    return
+                if not self._committed:
+                    await self._commit()
+                await self._body.write(self._renderer.keepalive())
+                self._last_write = trio.current_time()
+
+    async def _commit(self) -> None:
+        self._committed = True
+        self._outcome.first_byte = time.monotonic() - self._started
+        renderer = self._renderer
+        await self._send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", renderer.content_type),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+            ],
+        })
+        opening = renderer.open()
+        if opening:
+            await self._body.write(opening)

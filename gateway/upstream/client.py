@@ -231,7 +231,7 @@ class CloudCodeClient:
     @asynccontextmanager
     async def stream(
         self, base_url: str, body: bytes, access_token: str, *, model: str
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    ) -> AsyncIterator[AsyncIterator[list[dict[str, Any]]]]:
         """Open `streamGenerateContent?alt=sse`; yield an iterator of decoded SSE payloads.
 
         `body` is the JSON already encoded (big ones are encoded off the event loop).
@@ -298,7 +298,7 @@ async def _read_bounded(response: httpx.Response) -> str:
     return b"".join(chunks)[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
 
 
-def _payloads(response: httpx.Response, base_url: str) -> AsyncIterator[dict[str, Any]]:
+def _payloads(response: httpx.Response, base_url: str) -> AsyncIterator[list[dict[str, Any]]]:
     return _sse_payloads(response.aiter_raw(), base_url, _httpx_failure)
 
 
@@ -312,16 +312,20 @@ def _httpx_failure(exc: Exception) -> str | None:
 
 async def _sse_payloads(
     chunks: AsyncIterator[bytes], base_url: str, failure: Callable[[Exception], str | None]
-) -> AsyncIterator[dict[str, Any]]:
-    """The decoded SSE payloads of a body; a transport failure (what `failure` names) is
-    an UpstreamHTTPError with status 0. One generator: no extra hop per payload."""
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The decoded SSE payloads of a body, in batches: those one network read brought
+    (never an empty batch); a transport failure (what `failure` names) is an
+    UpstreamHTTPError with status 0. One generator: no extra hop per payload."""
     parser = SSEParser()
     try:
         async for chunk in chunks:
+            batch = []
             for event in parser.feed(chunk):
                 payload = _decode(event.data, base_url)
                 if payload is not None:
-                    yield payload
+                    batch.append(payload)
+            if batch:
+                yield batch
     except UpstreamHTTPError:
         raise
     except Exception as exc:
@@ -329,10 +333,13 @@ async def _sse_payloads(
         if reason is None:
             raise
         raise UpstreamHTTPError(0, reason, base_url=base_url) from None
+    batch = []
     for event in parser.close():
         payload = _decode(event.data, base_url)
         if payload is not None:
-            yield payload
+            batch.append(payload)
+    if batch:
+        yield batch
 
 
 def _failure_text(exc: TransportError) -> str:
@@ -343,7 +350,9 @@ def _failure_text(exc: TransportError) -> str:
     return text
 
 
-def _transport_payloads(response: Response, base_url: str) -> AsyncIterator[dict[str, Any]]:
+def _transport_payloads(
+    response: Response, base_url: str
+) -> AsyncIterator[list[dict[str, Any]]]:
     return _sse_payloads(response.chunks(), base_url, _transport_failure_reason)
 
 

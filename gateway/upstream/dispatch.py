@@ -74,13 +74,14 @@ _GOOGLE_STATUS_CODES = {
 
 @attrs.frozen(slots=True)
 class UpstreamStream:
-    """An opened upstream answer: who serves it and its payloads (first one already read)."""
+    """An opened upstream answer: who serves it and its payloads, in batches (what one
+    network read brought; the first batch holds those read before it was handed over)."""
 
     account_handle: str
     email: str
     model: ModelInfo  # the model actually serving; differs from the request after a fallback
     base_url: str
-    payloads: AsyncIterator[Payload] = attrs.field(repr=False)
+    batches: AsyncIterator[list[Payload]] = attrs.field(repr=False)
 
 
 FailoverKind = Literal[
@@ -411,14 +412,14 @@ class Dispatcher:
         handed_over = False
         try:
             with trio.move_on_after(self.config.upstream.read_timeout_seconds) as deadline:
-                payloads = await attempt.enter_async_context(
+                batches = await attempt.enter_async_context(
                     self.client.stream(base_url, body, token, model=model.id)
                 )
-                attempt.push_async_callback(_aclose, payloads)
-                buffered = await _peek(payloads, base_url)
+                attempt.push_async_callback(_aclose, batches)
+                buffered = await _peek(batches, base_url)
             if deadline.cancelled_caught:
                 raise UpstreamHTTPError(0, "timeout", base_url=base_url)
-            replay = _replay(buffered, payloads)
+            replay = _replay(buffered, batches)
             attempt.push_async_callback(replay.aclose)
             stack.push_async_exit(attempt)
             handed_over = True
@@ -433,7 +434,7 @@ class Dispatcher:
             email=account.email,
             model=model,
             base_url=base_url,
-            payloads=replay,
+            batches=replay,
         )
 
     def _count_error(self, exc: UpstreamHTTPError) -> None:
@@ -446,7 +447,7 @@ class Dispatcher:
 # -- payloads ------------------------------------------------------------------------------
 
 
-async def _aclose(iterator: AsyncIterator[Payload]) -> None:
+async def _aclose(iterator: AsyncIterator[list[Payload]]) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()
@@ -476,23 +477,26 @@ def _has_content(payload: Mapping[str, Any]) -> bool:
     return isinstance(feedback, Mapping) and bool(feedback.get("blockReason"))
 
 
-async def _peek(payloads: AsyncIterator[Payload], base_url: str) -> list[Payload]:
+async def _peek(batches: AsyncIterator[list[Payload]], base_url: str) -> list[Payload]:
     """Payloads up to and including the first with content (further while the answer could
-    still be the version-gate refusal); errors in them raised as HTTP."""
+    still be the version-gate refusal), with the rest of the batch that one came in; errors
+    before it raised as HTTP."""
     buffered: list[Payload] = []
     watch = RefusalWatch()
-    async for payload in payloads:
-        error = _error_of(payload)
-        if error is not None:
-            raise _error_as_http(error, base_url)
-        buffered.append(payload)
-        if not _has_content(payload):
-            continue
-        verdict = watch.feed(payload)
-        if verdict == "refused":
-            raise _RefusedStream(200, _answer_text(buffered), {}, base_url)
-        if verdict == "clear":
-            return buffered
+    async for batch in batches:
+        for index, payload in enumerate(batch):
+            error = _error_of(payload)
+            if error is not None:
+                raise _error_as_http(error, base_url)
+            buffered.append(payload)
+            if not _has_content(payload):
+                continue
+            verdict = watch.feed(payload)
+            if verdict == "refused":
+                raise _RefusedStream(200, _answer_text(buffered), {}, base_url)
+            if verdict == "clear":
+                buffered.extend(batch[index + 1:])  # replayed, errors checked there
+                return buffered
     if any(_has_content(p) for p in buffered):
         return buffered  # a short answer that only began like the refusal
     raise _EmptyStream(0, "empty response", base_url=base_url)
@@ -512,15 +516,26 @@ def _answer_text(payloads: list[Payload]) -> str:
 
 
 async def _replay(
-    buffered: list[Payload], payloads: AsyncIterator[Payload]
-) -> AsyncGenerator[Payload, None]:
-    for payload in buffered:
-        yield payload
-    async for payload in payloads:
-        error = _error_of(payload)
-        if error is not None:
-            raise upstream_error(error)
-        yield payload
+    buffered: list[Payload], batches: AsyncIterator[list[Payload]]
+) -> AsyncGenerator[list[Payload], None]:
+    """The buffered payloads as the first batch, then the rest as they come; an error the
+    upstream sends mid-stream is raised after the payloads before it."""
+    batch: list[Payload] | None = buffered
+    while True:
+        if batch is None:
+            try:
+                batch = await anext(batches)
+            except StopAsyncIteration:
+                return
+        for index, payload in enumerate(batch):
+            error = _error_of(payload)
+            if error is not None:
+                if index:
+                    yield batch[:index]
+                raise upstream_error(error)
+        if batch:
+            yield batch
+        batch = None
 
 
 def _error_as_http(error: Mapping[str, Any], base_url: str) -> UpstreamHTTPError:

@@ -52,7 +52,7 @@ async def serve(rig: Rig, model: ModelInfo = SONNET, session: str = "s1") -> Ser
     async with rig.dispatcher.open_stream(
         model=model, sticky_key=session, build_body=build_body
     ) as upstream:
-        payloads = [p async for p in upstream.payloads]
+        payloads = [p async for batch in upstream.batches for p in batch]
         assert upstream.account_handle.startswith("acct-")
         return Served(upstream.email, upstream.model.id, upstream.base_url, payloads)
 
@@ -337,7 +337,7 @@ async def test_leaving_early_closes_the_upstream(
     async with rig.dispatcher.open_stream(
         model=SONNET, sticky_key="s", build_body=build_body
     ) as upstream:
-        async for _ in upstream.payloads:
+        async for _ in upstream.batches:
             break
     await emulator.state.wait_open_streams(0, timeout=2)
 
@@ -458,7 +458,7 @@ async def test_an_answer_that_only_starts_like_the_refusal_is_served(
         return json.dumps(sent).encode()
 
     async with rig.dispatcher.open_stream(model=SONNET, sticky_key="x", build_body=body) as up:
-        text = _text([p async for p in up.payloads])
+        text = _text([p async for batch in up.batches for p in batch])
     assert text == "Echo: This version"
 
 
