@@ -358,21 +358,24 @@ async def reference_phase(
 
 async def ceiling_phase(rig: Rig, settings: Settings, workdir: Path) -> list[LoadRow]:
     """Bare hypercorn on trio streaming the same shape (bench/ceiling.py): what the stack
-    the gateway is built on relays per CPU-second, with nothing of the gateway in it."""
+    the gateway is built on relays per CPU-second, with nothing of the gateway in it; then
+    the same on the gateway's edge with its direct body writes (`bare-direct`)."""
     if not settings.ceiling or not settings.faces:
         return []
-    port = free_port()
-    url = f"http://{LOOPBACK}:{port}"
-    argv = [sys.executable, "-m", "bench.ceiling", "--port", str(port), "--chunks",
-            str(settings.chunks), "--chunk-chars", str(settings.chunk_chars), "--delay",
-            str(settings.chunk_delay)]
     rows: list[LoadRow] = []
-    async with running("bare-hypercorn", argv, url, workdir, ready_path="/") as bare:
-        target = Target("bare-hypercorn", True, f"{url}/stream",
-                        (("content-type", "application/json"),), b"{}")
-        for level in settings.levels:
-            rows.append(await measure(rig, bare, target, settings, http="1.1", level=level))
-            _check_alive(rig, bare)
+    for name, extra in (("bare-hypercorn", []), ("bare-direct", ["--direct"])):
+        port = free_port()
+        url = f"http://{LOOPBACK}:{port}"
+        argv = [sys.executable, "-m", "bench.ceiling", "--port", str(port), "--chunks",
+                str(settings.chunks), "--chunk-chars", str(settings.chunk_chars), "--delay",
+                str(settings.chunk_delay), *extra]
+        async with running(name, argv, url, workdir, ready_path="/") as bare:
+            target = Target(name, True, f"{url}/stream",
+                            (("content-type", "application/json"),), b"{}")
+            for level in settings.levels:
+                rows.append(await measure(rig, bare, target, settings, http="1.1",
+                                          level=level))
+                _check_alive(rig, bare)
     return rows
 
 

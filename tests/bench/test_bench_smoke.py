@@ -67,6 +67,7 @@ def test_bench_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert result["reference"]["status"] == "measured", result["reference"]
     assert ("1.1", True, 2, "node-ref") in faces and ("1.1", False, 1, "node-ref") in faces
     assert ("1.1", True, 2, "bare-hypercorn") in faces  # the stack's own ceiling
+    assert ("1.1", True, 2, "bare-direct") in faces  # and with the gateway's direct writes
 
     markdown = md_path.read_text()
     for heading in ("## Load: absolute figures", "## Load: against the baseline",
