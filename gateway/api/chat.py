@@ -458,17 +458,15 @@ async def handle_chat(
         stream = prepared.request.stream
         outcome.model = prepared.model.id
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, outcome)
+            # One task carries upstream read, decode, render and write: no hop between tasks
+            # per chunk. The one beside it hears the client go (and, for a stream, writes
+            # its keep-alives).
             try:
-                # One task carries upstream read, decode, render and write: no hop between
-                # tasks per chunk. The stream writer's keep-alive runs beside it.
-                writer: _StreamWriter | _UnaryWriter
-                if stream:
-                    writer = _StreamWriter(send, direct, prepared, dialect, services, outcome,
-                                           started)
-                    nursery.start_soon(writer.keep_alive)
-                else:
-                    writer = _UnaryWriter(send, prepared, dialect, outcome)
+                streamed = (_StreamWriter(send, direct, prepared, dialect, services, outcome,
+                                          started) if stream else None)
+                nursery.start_soon(_watch_client, receive, nursery.cancel_scope, outcome,
+                                   streamed)
+                writer = streamed or _UnaryWriter(send, prepared, dialect, outcome)
                 await _pump(writer, prepared, dialect, services)
                 await writer.finish()
             except Exception:
@@ -527,9 +525,21 @@ async def handle_chat(
         )
 
 
-async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, outcome: _Outcome) -> None:
+async def _watch_client(
+    receive: Receive, scope: trio.CancelScope, outcome: _Outcome,
+    stream: _StreamWriter | None,
+) -> None:
+    """Cancel the request when its client goes; meanwhile, write a stream's keep-alives
+    (waiting for the client's next message is cancel-safe: nothing is lost to the deadline)."""
     while True:
-        message = await receive()
+        if stream is None:
+            message = await receive()
+        else:
+            with trio.move_on_at(stream.keep_alive_at()) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                await stream.keep_alive()
+                continue
         if message["type"] == "http.disconnect":
             outcome.disconnected = not outcome.finished
             scope.cancel()
@@ -703,8 +713,8 @@ class _StreamWriter:
 
     The status line is committed with the first events (or the first keep-alive), so an
     upstream that fails before answering is still a real status code. Writes come from the
-    request's task and from `keep_alive` (when nothing was written for
-    `server.keepalive_seconds`: long thinking, a cooldown wait), one at a time.
+    request's task and from `keep_alive` (the client watcher's, when nothing was written
+    for `server.keepalive_seconds`: long thinking, a cooldown wait), one at a time.
     """
 
     def __init__(
@@ -777,19 +787,19 @@ class _StreamWriter:
             self._closed = True
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    def keep_alive_at(self) -> float:
+        """When a keep-alive is due if nothing is written before."""
+        return self._last_write + self._keepalive
+
     async def keep_alive(self) -> None:
-        """Runs beside the pump until the request's nursery is cancelled."""
-        while True:
-            await trio.sleep_until(self._last_write + self._keepalive)
-            if trio.current_time() < self._last_write + self._keepalive:
-                continue  # written meanwhile: wait from that write
-            async with self._lock:
-                if self._closed:
-                    return
-                if not self._committed:
-                    await self._commit()
-                await self._body.write(self._renderer.keepalive())
-                self._last_write = trio.current_time()
+        """Write a keep-alive if one is due (committing the response if need be)."""
+        async with self._lock:
+            if self._closed or trio.current_time() < self.keep_alive_at():
+                return
+            if not self._committed:
+                await self._commit()
+            await self._body.write(self._renderer.keepalive())
+            self._last_write = trio.current_time()
 
     async def _commit(self) -> None:
         self._committed = True
