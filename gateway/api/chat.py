@@ -344,7 +344,7 @@ def encode_upstream(body: dict[str, Any]) -> bytes:
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return c.compact_json(value).encode()
 
 
 def loggable(name: str) -> str:

@@ -9,7 +9,6 @@ for) and as one JSON array written piece by piece without it, as the API does.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Sequence
@@ -124,7 +123,7 @@ def _parse(body: Any, model: str, stream: bool) -> wire.GeminiRequest:
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return c.compact_json(value).encode()
 
 
 class _Renderer:

@@ -9,7 +9,6 @@ client's sealed reasoning works across turns either way.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -137,7 +136,7 @@ class _Face:
 def _sse(events: Sequence[dict[str, Any]]) -> bytes:
     return b"".join(
         b"event: " + event["type"].encode() + b"\ndata: "
-        + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+        + c.compact_json(event).encode() + b"\n\n"
         for event in events
     )
 

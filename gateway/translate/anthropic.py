@@ -789,7 +789,7 @@ def sse_bytes(events: Iterable[SSEEvent]) -> bytes:
     frames: list[bytes] = []
     for name, data in events:
         try:
-            payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            payload = c.compact_json(data).encode()
         except UnicodeEncodeError:
             # A lone surrogate from upstream cannot be UTF-8; escaped JSON still carries it.
             payload = json.dumps(data, separators=(",", ":")).encode()

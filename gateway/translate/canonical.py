@@ -10,12 +10,19 @@ richest of the three: every other format maps into it without loss.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
 
 JSON = Any
+
+# Compact JSON with text as it is (not \u-escaped), as every face writes it on the wire;
+# one encoder made once (json.dumps with options builds a new one per call, per chunk).
+compact_json: Callable[[Any], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":")
+).encode
 
 # ---------------------------------------------------------------------------------------------
 # Request side

@@ -86,9 +86,13 @@ def _line_end(buffer: bytearray) -> tuple[int, int] | None:
     return cr, 1  # a trailing CR; feed() drops the LF if it arrives next
 
 
+# made once: json.dumps with options builds an encoder per call (here: per chunk)
+_compact_ascii = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode_event(data: Any, event: str | None = None) -> bytes:
     """One SSE event with compact JSON data (or a raw string such as `[DONE]`)."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    payload = data if isinstance(data, str) else _compact_ascii(data)
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {payload}\n\n".encode()
 
