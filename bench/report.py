@@ -258,6 +258,14 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+PIPELINE_LEGEND = (
+    "Each step the gateway takes per upstream chunk, timed in the bench's own process on one "
+    "of the emulator's answers (bench/pipeline.py): no sockets, no scheduler. Read against "
+    "the proxy CPU per chunk in the load table: the rest is serving (socket reads and "
+    "writes, trio, hypercorn), which the bare-direct rows measure without the gateway."
+)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -361,6 +369,14 @@ def render_markdown(result: dict[str, Any], rows: Sequence[LoadRow]) -> str:
     if workers.get("note"):
         parts += ["## Workers (1 vs N processes, shared state in Redis)", "",
                   str(workers["note"]), ""]
+    pipeline = result.get("pipeline") or {}
+    if pipeline.get("us_per_chunk"):
+        stages = pipeline["us_per_chunk"]
+        parts += ["## The gateway's pure per-chunk work", "",
+                  markdown_table(["step", "us per upstream chunk"],
+                                 [[name, f"{value:.1f}"] for name, value in stages.items()]
+                                 + [["total", f"{pipeline['total_us_per_chunk']:.1f}"]]),
+                  "", PIPELINE_LEGEND, ""]
     if meta["notes"]:
         parts += ["## Notes", "", *(f"- {n}" for n in meta["notes"]), ""]
     return "\n".join(parts)

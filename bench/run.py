@@ -28,6 +28,7 @@ import attrs
 import httpx
 import trio
 
+from bench import pipeline
 from bench.loadgen import Http, client_set, run_load, tls_context, trust_ca
 from bench.probes import DisconnectResult, IdleResult, disconnect_latency, idle_streams
 from bench.procs import (
@@ -441,6 +442,17 @@ async def _workers_ready(url: str, count: int) -> None:
     raise StartError(f"only {len(seen)} of {count} workers answered within 60 s")
 
 
+async def pipeline_phase(rig: Rig, settings: Settings) -> dict[str, Any]:
+    """The gateway's pure per-chunk work on one of the emulator's answers (bench/pipeline.py),
+    timed in this process: what the translation itself costs per chunk."""
+    if not settings.faces:
+        return {}
+    shape = StreamShape(0.0, settings.chunks, settings.chunk_chars)
+    await configure_emulator(rig.emulator.url, shape)
+    raw = await pipeline.fetch_answer(baseline_target(rig.upstream, settings.model, stream=True))
+    return pipeline.stage_costs(raw, settings.model)
+
+
 async def disconnect_phase(rig: Rig, settings: Settings) -> list[DisconnectResult]:
     if settings.disconnect_trials <= 0:
         return []
@@ -606,6 +618,7 @@ async def run_bench(
         reference_rows, node = await reference_phase(rig, settings, workdir)
         rows += reference_rows
         rows += await ceiling_phase(rig, settings, workdir)
+        pipeline = await pipeline_phase(rig, settings)
         disconnect = await disconnect_phase(rig, settings)
         idle = await idle_phase(rig, settings)
         processes = {
@@ -640,5 +653,6 @@ async def run_bench(
         "litellm": litellm,
         "workers": workers,
         "reference": node,
+        "pipeline": pipeline,
     }
     return result, rows

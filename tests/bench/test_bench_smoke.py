@@ -32,7 +32,11 @@ def test_bench_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert json_path.stem == md_path.stem
     result = json.loads(json_path.read_text())
     assert set(result) == {"meta", "load", "idle", "disconnect", "litellm", "workers",
-                           "reference"}
+                           "reference", "pipeline"}
+    # the pure per-chunk steps, timed on a real answer of the emulator
+    pipeline = result["pipeline"]
+    assert pipeline["chunks"] >= 4 and len(pipeline["us_per_chunk"]) == 5
+    assert all(value > 0 for value in pipeline["us_per_chunk"].values())
     assert {"started_at", "host", "settings", "notes", "command"} <= set(result["meta"])
     assert {"cpus", "python", "platform"} <= set(result["meta"]["host"])
 
@@ -71,5 +75,6 @@ def test_bench_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
 
     markdown = md_path.read_text()
     for heading in ("## Load: absolute figures", "## Load: against the baseline",
-                    "## Idle streams", "## Client disconnect", "## Workers"):
+                    "## Idle streams", "## Client disconnect", "## Workers",
+                    "## The gateway's pure per-chunk work"):
         assert heading in markdown
