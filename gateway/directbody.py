@@ -110,11 +110,11 @@ class DirectBody:
                     # (the socket's write deadline still ends a client that stopped reading)
                     with trio.CancelScope(shield=True):
                         await socket.send_all(memoryview(frame)[sent:])
+                self.frames += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # what hypercorn does when its send finds the client gone: the request
                 # hears http.disconnect
                 await server.protocol.handle(Closed())
-            self.frames += 1
         finally:
             lock.release()
         # No checkpoint of its own: the relay's next upstream read is one, and a write the

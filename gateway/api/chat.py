@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -461,6 +462,7 @@ async def handle_chat(
             # One task carries upstream read, decode, render and write: no hop between tasks
             # per chunk. The one beside it hears the client go (and, for a stream, writes
             # its keep-alives).
+            streamed: _StreamWriter | None = None
             try:
                 streamed = (_StreamWriter(send, direct, prepared, dialect, services, outcome,
                                           started) if stream else None)
@@ -473,6 +475,8 @@ async def handle_chat(
                 # A rendering bug must still end the response in the caller's format.
                 log.exception("unexpected error writing a %s response", dialect.name)
                 outcome.status, outcome.error_type = 500, "api_error"
+                if streamed is not None:
+                    streamed.abandon()
                 internal = errors.GatewayError("internal error; see the gateway log")
                 if not outcome.started:
                     await send_error(send, dialect, internal)
@@ -538,7 +542,12 @@ async def _watch_client(
             with trio.move_on_at(stream.keep_alive_at()) as waited:
                 message = await receive()
             if waited.cancelled_caught:
-                await stream.keep_alive()
+                try:
+                    await stream.keep_alive()
+                except Exception:
+                    # a bug, not the client: the answer goes on without keep-alives
+                    log.exception("unexpected error writing a keep-alive")
+                    stream = None
                 continue
         if message["type"] == "http.disconnect":
             outcome.disconnected = not outcome.finished
@@ -788,8 +797,12 @@ class _StreamWriter:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def keep_alive_at(self) -> float:
-        """When a keep-alive is due if nothing is written before."""
-        return self._last_write + self._keepalive
+        """When a keep-alive is due if nothing is written before (never, once closed)."""
+        return math.inf if self._closed else self._last_write + self._keepalive
+
+    def abandon(self) -> None:
+        """Someone else ends the response (after a bug): no keep-alive may follow."""
+        self._closed = True
 
     async def keep_alive(self) -> None:
         """Write a keep-alive if one is due (committing the response if need be)."""

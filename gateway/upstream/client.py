@@ -319,9 +319,14 @@ async def _sse_payloads(
     parser = SSEParser()
     try:
         async for chunk in chunks:
-            batch = []
+            batch: list[dict[str, Any]] = []
             for event in parser.feed(chunk):
-                payload = _decode(event.data, base_url)
+                try:
+                    payload = _decode(event.data, base_url)
+                except UpstreamHTTPError:
+                    if batch:
+                        yield batch  # what came before a malformed event still counts
+                    raise
                 if payload is not None:
                     batch.append(payload)
             if batch:

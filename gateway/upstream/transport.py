@@ -30,6 +30,7 @@ deadline). Each failure is a `TransportError` with a short reason.
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +48,8 @@ import h11
 import trio
 
 __all__ = ["Response", "Transport", "TransportError", "TransportTimeout"]
+
+log = logging.getLogger("gateway.upstream")
 
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 32 * 1024 * 1024
@@ -108,9 +111,16 @@ class _ReadWatchdog:
             limit = trio.current_time() - self.timeout
             for read in [r for r in self.reads
                          if r.waiting_since is not None and r.waiting_since <= limit]:
+                # asked again: an expiry before this one may have let this read go on
+                since = read.waiting_since
+                if read not in self.reads or since is None or since > limit:
+                    continue
                 self.reads.discard(read)
                 read.stalled = True
-                await read.expire()
+                try:
+                    await read.expire()
+                except Exception:  # never the watchdog's end: other reads still need it
+                    log.exception("ending a stalled upstream read failed")
 
 
 @attrs.frozen(slots=True)

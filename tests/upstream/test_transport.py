@@ -11,7 +11,7 @@ import contextlib
 import json
 import ssl
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -295,3 +295,57 @@ async def test_a_goaway_retries_the_streams_the_server_never_processed(
         inner.start_soon(one)
     assert sorted(bodies) == [b"connection 1", b"connection 2"]
     assert server.connections == 2
+
+
+async def test_the_read_watchdog_asks_again_before_each_expiry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two reads stalled in one sweep; the first one's expiry lets the other's data in (it
+    stops waiting and ends): that one is then left alone, not closed under a later
+    request."""
+    from gateway.upstream.transport import _BodyRead, _ReadWatchdog
+
+    watchdog = _ReadWatchdog(1.0)
+    expired: list[str] = []
+    went_on = trio.Event()
+    reads: dict[str, _BodyRead] = {}
+
+    def expiry(name: str) -> Callable[[], Awaitable[None]]:
+        async def expire() -> None:
+            expired.append(name)
+            await went_on.wait()  # (closing a connection checkpoints: others run meanwhile)
+        return expire
+
+    for name in ("a", "b"):
+        reads[name] = watchdog.open(expiry(name))
+        reads[name].waiting_since = trio.current_time()
+
+    async def the_other_reads_on() -> None:
+        while not expired:
+            await trio.sleep(0.01)
+        other = reads["b" if expired[0] == "a" else "a"]
+        other.waiting_since = None
+        watchdog.close(other)
+        went_on.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog.run)
+        nursery.start_soon(the_other_reads_on)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert len(expired) == 1
+    first, other = expired[0], "b" if expired[0] == "a" else "a"
+    assert reads[first].stalled and not reads[other].stalled
+
+
+async def test_good_payloads_before_a_malformed_event_are_kept() -> None:
+    from gateway.upstream.client import UpstreamHTTPError, _sse_payloads
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'data: {"response": {"candidates": []}}\n\ndata: {not json\n\n'
+
+    got: list[list[dict[str, Any]]] = []
+    with pytest.raises(UpstreamHTTPError, match="malformed"):
+        async for batch in _sse_payloads(chunks(), "https://up", lambda exc: None):
+            got.append(batch)
+    assert got == [[{"candidates": []}]]
