@@ -15,8 +15,9 @@ It applies only where that holds: an HTTP/1.1 response hypercorn frames as chunk
 connection `gateway.edge` accepted, with nobody else writing at that moment. Anywhere else
 (h2, HTTP/1.0, a test harness that is not hypercorn, a 100-continue being written) a write
 goes through the ASGI `send` as before. Everything here leans on hypercorn and h11
-internals: the tested ranges are pinned in pyproject.toml and tests/test_directbody.py
-fails if the pieces it relies on change shape or behaviour.
+internals: the tested ranges are pinned in pyproject.toml (and checked by
+tests/test_edge_contract.py), and tests/test_directbody.py fails if the pieces it relies on
+change shape or behaviour.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ import inspect
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import version
 from typing import Any
 
 import h11
@@ -20,15 +19,6 @@ from hypercorn.config import Config as HyperConfig
 
 from gateway import edge
 from gateway.directbody import DirectBody, chunk_frame
-
-
-def _tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
-
-
-def test_versions_are_in_the_tested_ranges() -> None:
-    assert (0, 17) <= _tuple(version("hypercorn")) < (0, 19)
-    assert (0, 14) <= _tuple(version("h11")) < (0, 17)
 
 
 def test_hypercorn_and_h11_pieces_keep_their_shape() -> None:
@@ -238,7 +228,9 @@ async def test_a_client_gone_mid_stream_is_heard_as_a_disconnect() -> None:
     async with _serving(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
-            assert b"chunk 0" in await trio.to_thread.run_sync(lambda: sock.recv(65536))
+            got = b""
+            while b"chunk 0" not in got:  # the head and the first chunk: two writes
+                got += await trio.to_thread.run_sync(lambda: sock.recv(65536))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
         with trio.fail_after(5):
             await app.disconnected.wait()

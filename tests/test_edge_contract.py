@@ -22,6 +22,7 @@ def _tuple(text: str) -> tuple[int, ...]:
 def test_versions_are_in_the_tested_ranges() -> None:
     assert (0, 17) <= _tuple(version("hypercorn")) < (0, 19)
     assert (4, 1) <= _tuple(version("h2")) < (4, 5)
+    assert (0, 14) <= _tuple(version("h11")) < (0, 17)  # gateway/directbody.py frames it
 
 
 def test_hypercorn_pieces_keep_their_shape() -> None:
