@@ -56,6 +56,14 @@ class Metrics:
         self.open_streams = Gauge(
             "gateway_open_streams", "Chat requests in flight", registry=self.registry
         )
+        # how streamed answers' chunks went out: straight to the socket (HTTP/1.1) or
+        # through hypercorn's per-message path (h2, HTTP/1.0); counted once per answer
+        self.streamed_bodies = Counter(
+            "gateway_streamed_bodies_total",
+            "Streamed answers by how their chunks were written",
+            ["path"],
+            registry=self.registry,
+        )
         self.token_refreshes = Counter(
             "gateway_token_refreshes_total",
             "Access-token refreshes by result",

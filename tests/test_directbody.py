@@ -19,6 +19,7 @@ from hypercorn.config import Config as HyperConfig
 
 from gateway import edge
 from gateway.directbody import DirectBody, chunk_frame
+from tests.support import RunningGateway
 
 
 def test_hypercorn_and_h11_pieces_keep_their_shape() -> None:
@@ -255,3 +256,22 @@ def test_chunk_frame_sizes(size: int) -> None:
     frame = chunk_frame(data)
     head, _, rest = frame.partition(b"\r\n")
     assert int(head, 16) == size and rest == data + b"\r\n"
+
+
+async def test_the_gateway_streams_http11_answers_the_direct_way(
+    gateway: RunningGateway,
+) -> None:
+    """Through the real gateway (its ASGI front door, not a test app): an HTTP/1.1 stream's
+    chunks go straight to the socket, an h2c one's through hypercorn; /metrics says which."""
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
+            "messages": [{"role": "user", "content": "Say hi"}]}
+    counter = gateway.services.metrics.streamed_bodies
+    for http2, path in ((False, "direct"), (True, "asgi")):
+        before = counter.labels(path)._value.get()
+        async with httpx.AsyncClient(http1=not http2, http2=http2, timeout=30) as client:
+            answer = await client.post(f"{gateway.url}/v1/messages", json=body)
+        assert answer.status_code == 200 and b"event: message_stop" in answer.content
+        assert counter.labels(path)._value.get() == before + 1
+    async with httpx.AsyncClient(timeout=30) as client:
+        metrics = (await client.get(f"{gateway.url}/metrics")).text
+    assert 'gateway_streamed_bodies_total{path="direct"} 1.0' in metrics

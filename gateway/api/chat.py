@@ -731,7 +731,7 @@ class _StreamWriter:
         services: Services, outcome: _Outcome, started: float,
     ) -> None:
         self._send, self._body, self._dialect = send, body, dialect
-        self._outcome, self._started = outcome, started
+        self._services, self._outcome, self._started = services, outcome, started
         self._renderer = dialect.stream_renderer(prepared, dialect.new_response_id())
         self._keepalive = services.config.server.keepalive_seconds
         self._lock = trio.Lock()
@@ -794,6 +794,8 @@ class _StreamWriter:
                     self._closed = True
                 return
             self._closed = True
+            self._services.metrics.streamed_bodies.labels(
+                "direct" if self._body.frames else "asgi").inc()
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def keep_alive_at(self) -> float:

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from gateway.api import chat
+from gateway.metrics import Metrics
 from gateway.translate import canonical as c
 
 
@@ -39,6 +40,8 @@ class _Renderer:
 
 
 class _Body:
+    frames = 0
+
     def __init__(self) -> None:
         self.written: list[bytes] = []
 
@@ -50,7 +53,7 @@ def _writer(keepalive: float, finishing: float) -> tuple[chat._StreamWriter, _Bo
     dialect = SimpleNamespace(stream_renderer=lambda prepared, rid: _Renderer(finishing),
                               new_response_id=lambda: "id")
     services = SimpleNamespace(config=SimpleNamespace(server=SimpleNamespace(
-        keepalive_seconds=keepalive)))
+        keepalive_seconds=keepalive)), metrics=Metrics())
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
