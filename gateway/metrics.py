@@ -64,6 +64,9 @@ class Metrics:
             ["path"],
             registry=self.registry,
         )
+        # made once (and shown from the start at 0): no label lookup per answer
+        self.streamed_direct = self.streamed_bodies.labels("direct")
+        self.streamed_asgi = self.streamed_bodies.labels("asgi")
         self.token_refreshes = Counter(
             "gateway_token_refreshes_total",
             "Access-token refreshes by result",

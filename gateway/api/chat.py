@@ -794,8 +794,8 @@ class _StreamWriter:
                     self._closed = True
                 return
             self._closed = True
-            self._services.metrics.streamed_bodies.labels(
-                "direct" if self._body.frames else "asgi").inc()
+            metrics = self._services.metrics
+            (metrics.streamed_direct if self._body.frames else metrics.streamed_asgi).inc()
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def keep_alive_at(self) -> float:
