@@ -31,6 +31,7 @@ the pieces it uses change shape.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -115,6 +116,24 @@ class _Counted(trio.abc.HalfCloseableStream):
         self._counted = True
         self._head = head
         self._reserved = reserved
+        self._held: bytearray | None = None
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def hold(self) -> None:
+        """Collect what is written from now until `release`, instead of writing it: a
+        response's head and its first body then go out in one system call (and wake the
+        client once). Only for a stretch that does not wait on anything."""
+        if self._held is None:
+            self._held = bytearray()
+
+    async def release(self) -> None:
+        """Write what `hold` collected (with the write deadline, as any send)."""
+        held, self._held = self._held, None
+        if held:
+            await self.send_all(held)
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -124,6 +143,9 @@ class _Counted(trio.abc.HalfCloseableStream):
         """Write what the kernel takes now, without waiting: the bytes written (0 when its
         buffer is full). A client gone is `trio.BrokenResourceError`, as from `send_all`.
         The caller holds the connection's send lock (hypercorn's): nothing else writes."""
+        if self._held is not None:
+            self._held += data
+            return len(data)
         try:
             # the descriptor is asked for each time: -1 once closed, never a reused number
             return os.write(self._inner.socket.fileno(), data)
@@ -138,6 +160,10 @@ class _Counted(trio.abc.HalfCloseableStream):
         # What the kernel takes at once is written with no cancel scope and no wait: the
         # common case for a client that reads. The write deadline is armed only to wait.
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._held is not None:
+            self._held += data
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
         view = memoryview(data)
         sent = self.send_nowait(view)
         if sent == len(view):
@@ -176,9 +202,17 @@ class _Counted(trio.abc.HalfCloseableStream):
         return await self._inner.receive_some(max_bytes)
 
     async def send_eof(self) -> None:
+        # hypercorn ends a connection (Connection: close, HTTP/1.0) from inside the send
+        # of a response's end: what is held is that response, and goes before the FIN
+        await self.release()
         await self._inner.send_eof()
 
     async def aclose(self) -> None:
+        if self._held:  # closed with no send_eof first: what the kernel takes now, if any
+            held, self._held = self._held, None
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self.send_nowait(held)
+        self._held = None
         if self._counted:
             self._counted = False
             if self._reserved:

@@ -82,9 +82,12 @@ CHUNKS = [f"data: chunk {n}\n\n".encode() for n in range(20)]
 class _App:
     """Streams CHUNKS through DirectBody; keeps what it saw for the test."""
 
-    def __init__(self, pause: float = 0.0, chunks: list[bytes] = CHUNKS) -> None:
+    def __init__(self, pause: float = 0.0, chunks: list[bytes] = CHUNKS, *,
+                 coalesce: bool = False, unary: bytes | None = None) -> None:
         self.pause = pause
         self.chunks = chunks
+        self.coalesce = coalesce  # the start and the first chunk in one `coalesced` block
+        self.unary = unary  # a whole answer of these bytes instead (coalesced)
         self.frames: list[int] = []
         self.disconnected = trio.Event()
         self.wrote_all = trio.Event()
@@ -99,8 +102,20 @@ class _App:
         while (await receive()).get("more_body"):
             pass
         direct = DirectBody(send)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        if self.unary is not None:
+            async with direct.coalesced():
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(self.unary)).encode())]})
+                await send({"type": "http.response.body", "body": self.unary})
+            return
+        chunks = self.chunks
+        async with direct.coalesced() if self.coalesce else _nothing():
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            if self.coalesce:
+                await direct.write(chunks[0])
+                chunks = chunks[1:]
         async with trio.open_nursery() as nursery:
             async def watch() -> None:
                 while (await receive())["type"] != "http.disconnect":
@@ -109,7 +124,7 @@ class _App:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
-            for chunk in self.chunks:
+            for chunk in chunks:
                 await direct.write(chunk)
                 await trio.sleep(self.pause)
             self.wrote_all.set()
@@ -119,6 +134,11 @@ class _App:
             with trio.CancelScope(shield=True):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
 
 
 @asynccontextmanager
@@ -275,3 +295,104 @@ async def test_the_gateway_streams_http11_answers_the_direct_way(
     async with httpx.AsyncClient(timeout=30) as client:
         metrics = (await client.get(f"{gateway.url}/metrics")).text
     assert 'gateway_streamed_bodies_total{path="direct"} 1.0' in metrics
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What `gateway.edge` wrote to client sockets, one item per system call."""
+    written: list[bytes] = []
+    real = edge.os.write
+
+    def write(fd: int, data: Any) -> int:
+        sent = real(fd, data)
+        written.append(bytes(data[:sent]))
+        return sent
+
+    monkeypatch.setattr(edge.os, "write", write)
+    return written
+
+
+@pytest.mark.parametrize("coalesce", [False, True])
+async def test_a_coalesced_head_and_first_chunk_leave_in_one_write(
+    writes: list[bytes], coalesce: bool
+) -> None:
+    app = _App(coalesce=coalesce)
+    async with _serving(app) as port:
+        request = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+        raw = await trio.to_thread.run_sync(lambda: _raw_exchange(port, request, answers=1))
+    assert _bodies(raw, 1) == [b"".join(CHUNKS)]  # the same answer, framed the same way
+    assert b"".join(writes) == raw
+    head_and_first = writes[0].startswith(b"HTTP/1.1 200") and b"chunk 0" in writes[0]
+    assert head_and_first is coalesce
+    # then one write per chunk, and the end
+    assert len(writes) == len(CHUNKS) + (1 if coalesce else 2)
+    assert app.frames == [len(CHUNKS)]
+
+
+async def test_a_coalesced_whole_answer_is_one_write(writes: list[bytes]) -> None:
+    answer = b'{"ok":true}'
+    async with _serving(_App(unary=answer)) as port, httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}"
+    ) as client:
+        for _ in range(2):  # keep-alive holds after it
+            got = await client.post("/", content=b"{}")
+            assert got.status_code == 200 and got.content == answer
+            assert got.headers["content-length"] == str(len(answer))
+    assert len(writes) == 2 and all(w.endswith(answer) for w in writes)
+
+
+async def test_coalescing_changes_nothing_over_h2c(writes: list[bytes]) -> None:
+    app = _App(coalesce=True)
+    async with _serving(app) as port, httpx.AsyncClient(
+        http1=False, http2=True, base_url=f"http://127.0.0.1:{port}"
+    ) as client:
+        got = await client.post("/", content=b"{}")
+    assert got.http_version == "HTTP/2" and got.content == b"".join(CHUNKS)
+    assert app.frames == [0]
+
+
+async def test_a_client_gone_before_a_coalesced_write_is_heard_as_a_disconnect() -> None:
+    gone = trio.Event()
+
+    class Late(_App):
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                await gone.wait()
+                await trio.sleep(0.1)  # the reset has reached the server's socket
+            await super().__call__(scope, receive, send)
+
+    app = Late(coalesce=True, pause=0.01)
+    async with _serving(app) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            await trio.sleep(0.1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        gone.set()
+        with trio.fail_after(5):
+            await app.disconnected.wait()
+        assert not app.wrote_all.is_set()
+
+
+@pytest.mark.parametrize("request_head", [
+    b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+    b"POST / HTTP/1.0\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+])
+async def test_a_coalesced_answer_on_a_connection_that_then_closes_is_whole(
+    writes: list[bytes], request_head: bytes
+) -> None:
+    # hypercorn closes such a connection from inside the send of the answer's end, while
+    # the answer is still held: it must be written before the close, not lost
+    answer = b'{"ok":true}'
+
+    def exchange(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request_head)
+            got = b""
+            while piece := sock.recv(65536):  # to the server's FIN
+                got += piece
+            return got
+
+    async with _serving(_App(unary=answer)) as port:
+        raw = await trio.to_thread.run_sync(exchange, port)
+    assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"\r\n\r\n" + answer)
+    assert len(writes) == 1

@@ -418,6 +418,11 @@ async def handle_chat(
             shield.shield = True
             await raw_send(message)
 
+    async def refuse(err: errors.GatewayError) -> None:
+        outcome.status, outcome.error_type = err.status, err.anthropic_type
+        async with direct.coalesced():  # status line and body: one write
+            await send_error(send, dialect, err)
+
     stream = False
     admitted = False
     try:
@@ -440,21 +445,17 @@ async def handle_chat(
                 stream = body["stream"]  # logged as asked, also when the request is refused
             prepared = await dialect.prepare(body, services, scope, offload=offload)
         except errors.GatewayError as err:
-            outcome.status, outcome.error_type = err.status, err.anthropic_type
-            await send_error(send, dialect, err)
+            await refuse(err)
             return
         except ClientDisconnected:
             outcome.disconnected = True
             return
         except RecursionError:
-            too_deep = errors.InvalidRequest("request body nests too deeply")
-            outcome.status, outcome.error_type = too_deep.status, too_deep.anthropic_type
-            await send_error(send, dialect, too_deep)
+            await refuse(errors.InvalidRequest("request body nests too deeply"))
             return
         except Exception:
             log.exception("unexpected error preparing an %s request", dialect.name)
-            outcome.status, outcome.error_type = 500, "api_error"
-            await send_error(send, dialect, errors.GatewayError("internal error; see the log"))
+            await refuse(errors.GatewayError("internal error; see the log"))
             return
         stream = prepared.request.stream
         outcome.model = prepared.model.id
@@ -468,7 +469,7 @@ async def handle_chat(
                                           started) if stream else None)
                 nursery.start_soon(_watch_client, receive, nursery.cancel_scope, outcome,
                                    streamed)
-                writer = streamed or _UnaryWriter(send, prepared, dialect, outcome)
+                writer = streamed or _UnaryWriter(send, direct, prepared, dialect, outcome)
                 await _pump(writer, prepared, dialect, services)
                 await writer.finish()
             except Exception:
@@ -687,10 +688,11 @@ class _UnaryWriter:
     """Collects the answer, then writes it (or the error) as one JSON body."""
 
     def __init__(
-        self, send: Send, prepared: PreparedChat, dialect: Dialect, outcome: _Outcome
+        self, send: Send, body: DirectBody, prepared: PreparedChat, dialect: Dialect,
+        outcome: _Outcome,
     ) -> None:
         self._send, self._prepared, self._dialect = send, prepared, dialect
-        self._outcome = outcome
+        self._body, self._outcome = body, outcome
         self._collected: list[c.StreamEvent] = []
         self._error: errors.GatewayError | None = None
 
@@ -707,14 +709,16 @@ class _UnaryWriter:
         outcome, dialect = self._outcome, self._dialect
         if self._error is not None:
             outcome.status, outcome.error_type = self._error.status, self._error.anthropic_type
-            await send_error(self._send, dialect, self._error)
+            async with self._body.coalesced():  # status line and body: one write
+                await send_error(self._send, dialect, self._error)
             return
         _track(outcome, self._collected)
         response_id = dialect.new_response_id()
         response = c.collect(self._collected, response_id=response_id,
                              model=self._prepared.request.model)
-        await send_json(self._send, 200, await dialect.render(self._prepared, response,
-                                                              response_id))
+        rendered = await dialect.render(self._prepared, response, response_id)
+        async with self._body.coalesced():
+            await send_json(self._send, 200, rendered)
 
 
 class _StreamWriter:
@@ -743,8 +747,7 @@ class _StreamWriter:
         self._outcome.account, self._outcome.model = account_handle, model_id
 
     async def events(self, events: list[c.StreamEvent]) -> None:
-        outcome, renderer = self._outcome, self._renderer
-        _track(outcome, events)
+        _track(self._outcome, events)
         lock = self._lock
         try:
             lock.acquire_nowait()  # the common case, with no checkpoint of its own
@@ -753,22 +756,31 @@ class _StreamWriter:
         try:
             if self._closed:
                 return
-            if not self._committed:
-                await self._commit()  # the opening is rendered before these events
-            chunk = renderer.events(events)
-            ended = any(isinstance(e, c.MessageEnd) for e in events)
-            if ended:
-                chunk += renderer.close()
-                self._closed = True
-                # the client has its whole answer once this is written; if it hangs up
-                # before the final empty frame, that is not a disconnect mid-answer
-                outcome.finished = True
-            await self._body.write(chunk)
+            if self._committed:
+                ended = await self._write(events)
+            else:
+                # the status line, the opening and these first events: one write
+                async with self._body.coalesced():
+                    ended = await self._write(events, await self._commit())
             self._last_write = trio.current_time()
         finally:
             lock.release()
         if ended:
-            await renderer.finish()
+            await self._renderer.finish()
+
+    async def _write(self, events: list[c.StreamEvent], opening: bytes = b"") -> bool:
+        """Render and write `events` (after `opening`); whether they ended the answer."""
+        renderer = self._renderer
+        chunk = opening + renderer.events(events)  # the opening is rendered first
+        ended = any(isinstance(e, c.MessageEnd) for e in events)
+        if ended:
+            chunk += renderer.close()
+            self._closed = True
+            # the client has its whole answer once this is written; if it hangs up
+            # before the final empty frame, that is not a disconnect mid-answer
+            self._outcome.finished = True
+        await self._body.write(chunk)
+        return ended
 
     async def failed(self, err: errors.GatewayError) -> None:
         outcome = self._outcome
@@ -811,12 +823,15 @@ class _StreamWriter:
         async with self._lock:
             if self._closed or trio.current_time() < self.keep_alive_at():
                 return
-            if not self._committed:
-                await self._commit()
-            await self._body.write(self._renderer.keepalive())
+            if self._committed:
+                await self._body.write(self._renderer.keepalive())
+            else:
+                async with self._body.coalesced():
+                    await self._body.write(await self._commit() + self._renderer.keepalive())
             self._last_write = trio.current_time()
 
-    async def _commit(self) -> None:
+    async def _commit(self) -> bytes:
+        """Send the status line; the opening to write before anything else."""
         self._committed = True
         self._outcome.first_byte = time.monotonic() - self._started
         renderer = self._renderer
@@ -829,6 +844,4 @@ class _StreamWriter:
                 (b"x-accel-buffering", b"no"),
             ],
         })
-        opening = renderer.open()
-        if opening:
-            await self._body.write(opening)
+        return renderer.open()

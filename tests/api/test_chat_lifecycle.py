@@ -3,6 +3,8 @@ between the last events of an answer and its final body message."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,6 +49,10 @@ class _Body:
 
     async def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    @asynccontextmanager
+    async def coalesced(self) -> AsyncIterator[None]:
+        yield
 
 
 def _writer(keepalive: float, finishing: float) -> tuple[chat._StreamWriter, _Body]:
