@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--no-litellm", dest="litellm", action="store_false",
         help="skip the LiteLLM comparison even if LiteLLM is installed")
     add("--no-ceiling", dest="ceiling", action="store_false",
-        help="skip the bare-hypercorn rows (the stack's own streaming ceiling)")
+        help="skip the bare-hypercorn, bare-direct and bare-relay rows (the stack's floors)")
     add("--no-reference", dest="reference", action="store_false",
         help="skip the Node reference (antigravity-claude-proxy from npm) even if node exists")
     add("--workers", type=_list(str), default=("1", "2"), metavar="N,N,...",

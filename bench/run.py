@@ -12,6 +12,7 @@ plus the load rows the renderers use.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
 import resource
@@ -360,11 +361,23 @@ async def reference_phase(
 async def ceiling_phase(rig: Rig, settings: Settings, workdir: Path) -> list[LoadRow]:
     """Bare hypercorn on trio streaming the same shape (bench/ceiling.py): what the stack
     the gateway is built on relays per CPU-second, with nothing of the gateway in it; then
-    the same on the gateway's edge with its direct body writes (`bare-direct`)."""
+    the same on the gateway's edge with its direct body writes (`bare-direct`); then that
+    edge relaying the baseline's own request to the emulator over the gateway's upstream
+    transport, bytes as they come, nothing parsed (`bare-relay`): the floor of any proxy
+    on this stack."""
     if not settings.ceiling or not settings.faces:
         return []
     rows: list[LoadRow] = []
-    for name, extra in (("bare-hypercorn", []), ("bare-direct", ["--direct"])):
+    # the relay's upstream request: the baseline's own (same URL, token, body and headers)
+    upstream = baseline_target(rig.upstream, settings.model, stream=True)
+    spec = workdir / "relay.json"
+    spec.write_text(json.dumps({"url": upstream.url, "headers": list(upstream.headers),
+                                "body": upstream.body.decode(), "ca_file": rig.at.ca_file}))
+    spec.chmod(0o600)
+    await configure_emulator(
+        rig.emulator.url, StreamShape(settings.chunk_delay, settings.chunks, settings.chunk_chars))
+    for name, extra in (("bare-hypercorn", []), ("bare-direct", ["--direct"]),
+                        ("bare-relay", ["--relay", str(spec)])):
         port = free_port()
         url = f"http://{LOOPBACK}:{port}"
         argv = [sys.executable, "-m", "bench.ceiling", "--port", str(port), "--chunks",

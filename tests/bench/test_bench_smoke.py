@@ -72,6 +72,7 @@ def test_bench_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert ("1.1", True, 2, "node-ref") in faces and ("1.1", False, 1, "node-ref") in faces
     assert ("1.1", True, 2, "bare-hypercorn") in faces  # the stack's own ceiling
     assert ("1.1", True, 2, "bare-direct") in faces  # and with the gateway's direct writes
+    assert ("1.1", True, 2, "bare-relay") in faces  # and relaying the emulator's answers
 
     markdown = md_path.read_text()
     for heading in ("## Load: absolute figures", "## Load: against the baseline",
