@@ -126,9 +126,12 @@ class DirectBody:
     async def coalesced(self) -> AsyncIterator[None]:
         """What the response writes inside this block (its start through ASGI, body frames
         here) goes to the socket as one write when the block ends: the head and the first
-        events of an answer, or a whole JSON answer, in one system call instead of two or
-        three. Only around writes that do not wait (no upstream read inside). Anywhere
-        writes are not direct (h2, not hypercorn's), it changes nothing."""
+        events of an answer, or the head and body of a JSON answer, in one system call
+        instead of two. Only around writes that do not wait (no upstream read inside), and
+        never around the response's end: hypercorn may close the connection, recycle it
+        for the next request or restart its idle timer from inside the end's send, which
+        must find the answer written. Anywhere writes are not direct (h2, not hypercorn's),
+        it changes nothing."""
         server, socket = self._server, self._socket
         if server is None or socket is None or socket.holding:
             yield
@@ -138,13 +141,16 @@ class DirectBody:
             yield
         finally:
             # as hypercorn's sends: not cancelled half-way (the write deadline still ends a
-            # client that stopped reading)
+            # client that stopped reading), and a broken one is the client gone
+            gone = False
             with trio.CancelScope(shield=True):
                 try:
                     async with server.send_lock:
                         await socket.release()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await server.protocol.handle(Closed())
+                    gone = True
+            if gone:
+                await server.protocol.handle(Closed())
 
     async def _asgi(self, data: bytes) -> None:
         message: dict[str, Any] = {"type": "http.response.body", "body": data, "more_body": True}

@@ -160,8 +160,9 @@ class _Counted(trio.abc.HalfCloseableStream):
         # What the kernel takes at once is written with no cancel scope and no wait: the
         # common case for a client that reads. The write deadline is armed only to wait.
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._held is not None:
-            self._held += data
+        if self._held is not None or not data:  # held, or nothing (h11's end of a sized body)
+            if self._held is not None:
+                self._held += data
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         view = memoryview(data)
@@ -202,8 +203,8 @@ class _Counted(trio.abc.HalfCloseableStream):
         return await self._inner.receive_some(max_bytes)
 
     async def send_eof(self) -> None:
-        # hypercorn ends a connection (Connection: close, HTTP/1.0) from inside the send
-        # of a response's end: what is held is that response, and goes before the FIN
+        # nothing is held at a response's end (DirectBody.coalesced); if anything were, it
+        # goes before the FIN
         await self.release()
         await self._inner.send_eof()
 

@@ -6,7 +6,9 @@ byte-identical to h11's, keep-alive intact, the fallbacks (HTTP/1.0, h2c, a fore
 from __future__ import annotations
 
 import inspect
+import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +20,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from gateway import edge
+from gateway.api.chat import send_json
 from gateway.directbody import DirectBody, chunk_frame
 from tests.support import RunningGateway
 
@@ -102,12 +105,8 @@ class _App:
         while (await receive()).get("more_body"):
             pass
         direct = DirectBody(send)
-        if self.unary is not None:
-            async with direct.coalesced():
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(self.unary)).encode())]})
-                await send({"type": "http.response.body", "body": self.unary})
+        if self.unary is not None:  # as the gateway answers JSON
+            await send_json(send, 200, json.loads(self.unary), direct=direct)
             return
         chunks = self.chunks
         async with direct.coalesced() if self.coalesce else _nothing():
@@ -396,3 +395,24 @@ async def test_a_coalesced_answer_on_a_connection_that_then_closes_is_whole(
         raw = await trio.to_thread.run_sync(exchange, port)
     assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"\r\n\r\n" + answer)
     assert len(writes) == 1
+
+
+async def test_a_big_answer_to_a_slow_reader_on_a_closing_connection_is_whole() -> None:
+    # far more than the kernel takes before the client reads (a receive buffer starts at
+    # 128 KiB, a send buffer grows to 4 MiB): the head and body's write waits on the client,
+    # and the close hypercorn makes at the answer's end must come after all of it
+    answer = json.dumps({"text": "y" * 24_000_000}, separators=(",", ":")).encode()
+
+    def exchange(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                         b"content-length: 0\r\n\r\n")
+            time.sleep(0.3)  # the server's write fills the buffers and waits
+            got = b""
+            while piece := sock.recv(65536):
+                got += piece
+            return got
+
+    async with _serving(_App(unary=answer)) as port:
+        raw = await trio.to_thread.run_sync(exchange, port)
+    assert raw.endswith(b"\r\n\r\n" + answer)

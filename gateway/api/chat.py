@@ -367,21 +367,34 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 async def send_json(
-    send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None
+    send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None, *,
+    direct: DirectBody | None = None,
 ) -> None:
+    """One JSON answer; with `direct` (a real HTTP/1.1 connection), its head and body leave
+    in one write. The end is sent after that write, never held: hypercorn may close the
+    connection or take the next request from inside the end's send."""
     payload = json.dumps(body, separators=(",", ":")).encode()
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
     ]
     raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": payload, "more_body": False})
+    start = {"type": "http.response.start", "status": status, "headers": raw_headers}
+    if direct is None or not direct.direct:
+        await send(start)
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+        return
+    async with direct.coalesced():
+        await send(start)
+        await send({"type": "http.response.body", "body": payload, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def send_error(send: Send, dialect: Dialect, err: errors.GatewayError) -> None:
+async def send_error(
+    send: Send, dialect: Dialect, err: errors.GatewayError, *, direct: DirectBody | None = None
+) -> None:
     status, body = dialect.error_body(err)
-    await send_json(send, status, body, err.headers())
+    await send_json(send, status, body, err.headers(), direct=direct)
 
 
 async def handle_chat(
@@ -420,8 +433,7 @@ async def handle_chat(
 
     async def refuse(err: errors.GatewayError) -> None:
         outcome.status, outcome.error_type = err.status, err.anthropic_type
-        async with direct.coalesced():  # status line and body: one write
-            await send_error(send, dialect, err)
+        await send_error(send, dialect, err, direct=direct)
 
     stream = False
     admitted = False
@@ -709,16 +721,14 @@ class _UnaryWriter:
         outcome, dialect = self._outcome, self._dialect
         if self._error is not None:
             outcome.status, outcome.error_type = self._error.status, self._error.anthropic_type
-            async with self._body.coalesced():  # status line and body: one write
-                await send_error(self._send, dialect, self._error)
+            await send_error(self._send, dialect, self._error, direct=self._body)
             return
         _track(outcome, self._collected)
         response_id = dialect.new_response_id()
         response = c.collect(self._collected, response_id=response_id,
                              model=self._prepared.request.model)
         rendered = await dialect.render(self._prepared, response, response_id)
-        async with self._body.coalesced():
-            await send_json(self._send, 200, rendered)
+        await send_json(self._send, 200, rendered, direct=self._body)
 
 
 class _StreamWriter:
