@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,12 @@ from gateway.directbody import DirectBody
 from gateway.emulator.app import _lifespan as answer_lifespan
 from gateway.upstream.transport import Transport
 
+Stream = Callable[[Any], Awaitable[None]]  # writes one POST's answer, given `send`
 
-def make_app(chunks: int, chunk_chars: int, delay: float, *, direct: bool = False) -> Any:
-    text = "x" * chunk_chars
-    event = b"data: " + json.dumps({"type": "content_block_delta", "delta": {
-        "type": "text_delta", "text": text}}).encode() + b"\n\n"
+
+def _bare(stream: Stream) -> Any:
+    """The ASGI app around `stream`: the emulator's empty lifespan, every request body read
+    whole, GET answered "ok" (readiness), every POST answered by `stream`."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -56,6 +58,17 @@ def make_app(chunks: int, chunk_chars: int, delay: float, *, direct: bool = Fals
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
             return
+        await stream(send)
+
+    return app
+
+
+def make_app(chunks: int, chunk_chars: int, delay: float, *, direct: bool = False) -> Any:
+    text = "x" * chunk_chars
+    event = b"data: " + json.dumps({"type": "content_block_delta", "delta": {
+        "type": "text_delta", "text": text}}).encode() + b"\n\n"
+
+    async def stream(send: Any) -> None:
         body = DirectBody(send) if direct else None
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
@@ -68,27 +81,14 @@ def make_app(chunks: int, chunk_chars: int, delay: float, *, direct: bool = Fals
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    return app
+    return _bare(stream)
 
 
 def make_relay(spec: dict[str, Any], transport: Transport) -> Any:
     url, body = spec["url"], spec["body"].encode()
     headers = [(str(k), str(v)) for k, v in spec["headers"]]
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await answer_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        while True:
-            message = await receive()
-            if not message.get("more_body"):
-                break
-        if scope["method"] == "GET":
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"ok"})
-            return
+    async def stream(send: Any) -> None:
         response = await transport.request("POST", url, headers, body)
         try:
             writer = DirectBody(send)
@@ -100,7 +100,7 @@ def make_relay(spec: dict[str, Any], transport: Transport) -> Any:
         finally:
             await response.aclose()
 
-    return app
+    return _bare(stream)
 
 
 async def _relay(spec_path: str, config: Config) -> None:
